@@ -1,0 +1,45 @@
+# Finds the Debian packages lowband builds against (deploy/install-deps.sh installs them all).
+# Required: GoogleTest, CLI11, spdlog, fmt, nlohmann-json, yaml-cpp, Boost, Threads.
+# Optional: gRPC/Protobuf (coordinator and split services), LibTorch (training), CUDA (GPU codecs),
+# Google Benchmark (micro-benchmarks).
+find_package(Threads REQUIRED)
+find_package(GTest REQUIRED)
+find_package(CLI11 CONFIG REQUIRED)
+find_package(fmt CONFIG REQUIRED)
+find_package(spdlog CONFIG REQUIRED)
+find_package(nlohmann_json CONFIG REQUIRED)
+find_package(yaml-cpp CONFIG REQUIRED)
+find_package(Boost 1.74 REQUIRED COMPONENTS system)
+find_package(benchmark CONFIG QUIET)
+
+find_package(Protobuf QUIET)
+find_package(gRPC CONFIG QUIET)
+if(gRPC_FOUND AND Protobuf_FOUND)
+  message(STATUS "lowband: gRPC ${gRPC_VERSION}, Protobuf ${Protobuf_VERSION}")
+else()
+  message(WARNING "lowband: gRPC/Protobuf not found; the coordinator and split services are not built "
+                  "(run deploy/install-deps.sh)")
+endif()
+
+set(LOWBAND_HAVE_TORCH OFF)
+if(LOWBAND_WITH_TORCH)
+  find_package(Torch QUIET)
+  if(Torch_FOUND)
+    set(LOWBAND_HAVE_TORCH ON)
+    message(STATUS "lowband: LibTorch found (${TORCH_LIBRARIES})")
+  else()
+    message(WARNING "lowband: LibTorch not found; training commands are not built (run deploy/install-deps.sh)")
+  endif()
+endif()
+
+set(LOWBAND_HAVE_CUDA OFF)
+if(LOWBAND_WITH_CUDA)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(LOWBAND_HAVE_CUDA ON)
+    message(STATUS "lowband: CUDA compiler ${CMAKE_CUDA_COMPILER}; GPU codecs can be built")
+  else()
+    message(STATUS "lowband: no CUDA compiler; GPU codecs are not built")
+  endif()
+endif()

@@ -1,0 +1,272 @@
+// Internals shared by the codec front end (codec.cc) and its kernels (kernels_*.cc). Not API.
+//
+// A blockwise format is a table of levels: value = offset + level[code] * scale, where the block's
+// scale (and, for asymmetric formats, offset) come from the payload. Encoding maps q = (x - offset)
+// / scale to a code: integer formats round q, lookup formats count thresholds, E4M3 rounds the
+// float's bits. Every kernel uses the same float operations in the same order, so the scalar and
+// AVX2 kernels agree to the bit.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "quant/codec.h"
+
+namespace lowband::quant::internal {
+
+static_assert(std::endian::native == std::endian::little, "lowband's payloads assume a little-endian host");
+
+enum class Kind : uint8_t {
+  kPassthrough,  // fp32 / bf16 / fp16
+  kIntSym,       // code = round(q) + qmax, level = code - qmax
+  kIntAsym,      // code = round(q), level = code
+  kSignMag8,     // 1 sign bit + 3-bit magnitude index into mag[0..7] (e2m1, e3m0)
+  kLut16,        // 16 signed levels, sorted (nf4)
+  kE4M3,         // OCP FP8 E4M3 bit patterns
+};
+
+struct FormatTraits {
+  Format format;
+  const char* name;
+  int bits;
+  Kind kind;
+  float qmax;            // largest |level| (sym) or number of steps (asym): scale = range / qmax
+  float mag[8];          // kSignMag8: magnitudes, ascending, mag[0] = 0
+  float thresholds[15];  // nearest rounding: code/index = number of thresholds < q
+  int num_thresholds;
+  float lut[256];  // decode: level of each code (filled for every blockwise format)
+};
+
+const FormatTraits& Traits(Format f);
+
+// One 32-bit uniform draw per value index, from a per-message key. Same on every path.
+inline uint32_t SeedKey(uint64_t seed) {
+  return static_cast<uint32_t>(seed ^ (seed >> 32)) * 0x85EBCA77u + 0x165667B1u;
+}
+inline uint32_t HashIndex(uint32_t key, uint32_t i) {
+  uint32_t h = i * 0x9E3779B1u + key;
+  h ^= h >> 15;
+  h *= 0x2C1B3C6Du;
+  h ^= h >> 12;
+  h *= 0x297A2D39u;
+  h ^= h >> 15;
+  return h;
+}
+// Uniform in [0, 1) with 24 bits.
+inline float UniformFromHash(uint32_t h) { return static_cast<float>(h >> 8) * (1.0f / 16777216.0f); }
+
+inline uint32_t FloatBits(float f) { return std::bit_cast<uint32_t>(f); }
+inline float BitsFloat(uint32_t u) { return std::bit_cast<float>(u); }
+
+// IEEE half <-> float (defined below). FloatToHalf rounds to nearest even (as F16C does); values
+// >= 65520 become inf.
+inline uint16_t FloatToHalf(float f);
+inline float HalfToFloat(uint16_t h);
+// bf16: round to nearest even.
+inline uint16_t FloatToBf16(float f) {
+  uint32_t x = FloatBits(f);
+  x += 0x7FFFu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
+inline float Bf16ToFloat(uint16_t h) { return BitsFloat(static_cast<uint32_t>(h) << 16); }
+
+// Scale storage (defined below, inline: they run once per block on the encode hot path):
+// ScaleBytes: bytes per stored scale parameter. RoundScaleUp: rounds a non-negative scale *up* to
+// the stored type (so no value is clipped); false if the result is not finite. RoundOffsetDown:
+// rounds an asymmetric block's minimum *down*. LoadScale: reads one stored parameter.
+
+// Arguments of a whole blockwise encode (see block_loop.h).
+struct BlockEncodeArgs {
+  const float* x;
+  uint64_t n;
+  uint32_t block_size;
+  ScaleType scale_type;
+  bool stochastic;
+  uint32_t key;
+  uint8_t* params;           // all blocks' scale (and minimum) parameters
+  uint8_t* codes;            // packed codes
+  uint64_t first_index = 0;  // index of x[0] in the whole payload (stochastic draws)
+};
+struct BlockEncodeResult {
+  enum Error { kNone, kNonFinite, kScaleRange, kOffsetRange };
+  int64_t bad_block = -1;
+  Error error = kNone;
+  float value = 0;  // the out-of-range scale or minimum
+};
+
+// Block kernels. `codes` points at the block's first packed byte (blocks start on a byte boundary).
+struct Kernels {
+  // absmax, min and max of x[0..n); false if any value is NaN or Inf.
+  bool (*stats)(const float* x, size_t n, float* absmax, float* mn, float* mx);
+  // Every block of a blockwise encode: parameters and codes.
+  BlockEncodeResult (*encode_blocks)(const FormatTraits& t, const BlockEncodeArgs& args);
+  // Codes for x[0..n) with q = (x - offset) * inv; stochastic when `stochastic` (draws use value
+  // indices base..base+n under `key`).
+  void (*quantize)(const FormatTraits& t, const float* x, size_t n, float inv, float offset, bool stochastic,
+                   uint32_t key, uint32_t base, uint8_t* codes);
+  // out[i] = offset + level * scale, or out[i] += weight * (offset + level * scale) when `add`.
+  void (*dequantize)(const FormatTraits& t, const uint8_t* codes, size_t n, float scale, float offset,
+                     float weight, bool add, float* out);
+  void (*to_bf16)(const float* x, size_t n, bool stochastic, uint32_t key, uint32_t base, uint16_t* out);
+  void (*to_fp16)(const float* x, size_t n, uint16_t* out);
+  void (*from_bf16)(const uint16_t* x, size_t n, float weight, bool add, float* out);
+  void (*from_fp16)(const uint16_t* x, size_t n, float weight, bool add, float* out);
+  // out[i] += weight * x[i]
+  void (*add_scaled)(const float* x, size_t n, float weight, float* out);
+};
+
+inline uint16_t FloatToHalf(float f) {
+  uint32_t x = FloatBits(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  x &= 0x7FFFFFFFu;
+  if (x >= 0x7F800000u) return sign | (x > 0x7F800000u ? 0x7E00u : 0x7C00u);
+  if (x >= 0x477FF000u) return sign | 0x7C00u;  // rounds to >= 65520: infinity
+  if (x < 0x38800000u) {                        // below 2^-14: a half subnormal (units of 2^-24)
+    if (x <= 0x33000000u) return sign;          // <= 2^-25 rounds to zero (ties to even)
+    const uint32_t e = x >> 23;
+    const uint32_t m = (x & 0x7FFFFFu) | 0x800000u;
+    const uint32_t shift = 126 - e;  // value / 2^-24 = m * 2^(e - 126)
+    const uint32_t q = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1);
+    const uint32_t half = 1u << (shift - 1);
+    const uint32_t r = q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u);
+    return sign | static_cast<uint16_t>(r);
+  }
+  x += 0xFFFu + ((x >> 13) & 1u);
+  return sign | static_cast<uint16_t>((x - 0x38000000u) >> 13);
+}
+
+inline float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 31u, m = h & 0x3FFu;
+  if (e == 0) {
+    const float v = static_cast<float>(m) * (1.0f / 16777216.0f);  // m * 2^-24, exact
+    return BitsFloat(FloatBits(v) | sign);
+  }
+  if (e == 31) return BitsFloat(sign | 0x7F800000u | (m << 13));
+  return BitsFloat(sign | ((e + 112) << 23) | (m << 13));
+}
+
+inline int ScaleBytes(ScaleType t) {
+  switch (t) {
+    case ScaleType::kFp32:
+      return 4;
+    case ScaleType::kFp16:
+      return 2;
+    case ScaleType::kBf16:
+      return 2;
+    case ScaleType::kPow2:
+      return 1;
+  }
+  return 4;
+}
+
+inline bool RoundScaleUp(ScaleType t, float raw, float* rounded, uint8_t* stored) {
+  switch (t) {
+    case ScaleType::kFp32:
+      *rounded = raw;
+      std::memcpy(stored, &raw, 4);
+      return std::isfinite(raw);
+    case ScaleType::kFp16: {
+      uint16_t h = FloatToHalf(raw);
+      if (HalfToFloat(h) < raw) ++h;  // non-negative: the next code is the next larger value
+      *rounded = HalfToFloat(h);
+      std::memcpy(stored, &h, 2);
+      return std::isfinite(*rounded);
+    }
+    case ScaleType::kBf16: {
+      const uint32_t x = FloatBits(raw);
+      uint16_t h = static_cast<uint16_t>(x >> 16);
+      if (x & 0xFFFFu) ++h;
+      *rounded = Bf16ToFloat(h);
+      std::memcpy(stored, &h, 2);
+      return std::isfinite(*rounded);
+    }
+    case ScaleType::kPow2: {
+      uint32_t e = 0;
+      if (raw > 0.0f) {
+        const uint32_t x = FloatBits(raw);
+        e = x >> 23;
+        if (e == 0)
+          e = 1;  // subnormal: round up to 2^-126
+        else if (x & 0x7FFFFFu)
+          e += 1;  // not a power of two: next one up
+      }
+      if (e >= 255) return false;
+      stored[0] = static_cast<uint8_t>(e);
+      *rounded = e == 0 ? 0.0f : BitsFloat(e << 23);
+      return true;
+    }
+  }
+  return false;
+}
+
+inline bool RoundOffsetDown(ScaleType t, float raw, float* rounded, uint8_t* stored) {
+  // Rounding toward -inf: round the magnitude up for negatives, down for positives.
+  switch (t) {
+    case ScaleType::kFp32:
+      *rounded = raw;
+      std::memcpy(stored, &raw, 4);
+      return std::isfinite(raw);
+    case ScaleType::kFp16: {
+      uint16_t h = FloatToHalf(raw);
+      const float v = HalfToFloat(h);
+      if (v > raw)
+        h = (h & 0x8000u) ? static_cast<uint16_t>(h + 1) : (h == 0 ? 0x8001u : static_cast<uint16_t>(h - 1));
+      *rounded = HalfToFloat(h);
+      std::memcpy(stored, &h, 2);
+      return std::isfinite(*rounded);
+    }
+    case ScaleType::kBf16: {
+      const uint32_t x = FloatBits(raw);
+      uint16_t h = static_cast<uint16_t>(x >> 16);  // truncation rounds the magnitude down
+      if ((x & 0xFFFFu) && (x & 0x80000000u)) ++h;  // negative: magnitude up
+      *rounded = Bf16ToFloat(h);
+      std::memcpy(stored, &h, 2);
+      return std::isfinite(*rounded);
+    }
+    case ScaleType::kPow2:
+      return false;
+  }
+  return false;
+}
+
+inline float LoadScale(ScaleType t, const uint8_t* p) {
+  switch (t) {
+    case ScaleType::kFp32: {
+      float f;
+      std::memcpy(&f, p, 4);
+      return f;
+    }
+    case ScaleType::kFp16: {
+      uint16_t h;
+      std::memcpy(&h, p, 2);
+      return HalfToFloat(h);
+    }
+    case ScaleType::kBf16: {
+      uint16_t h;
+      std::memcpy(&h, p, 2);
+      return Bf16ToFloat(h);
+    }
+    case ScaleType::kPow2:
+      return p[0] == 0 ? 0.0f : BitsFloat(static_cast<uint32_t>(p[0]) << 23);
+  }
+  return 0.0f;
+}
+
+// Scales below fp32's smallest normal (2^-126) are raised to it, so 1/scale stays finite; a block
+// whose values are all that tiny is quantized on that coarsest grid (every value then rounds to
+// one of the few levels below ~1e-38).
+inline float ClampScale(float raw) {
+  return raw > 0.0f && raw < std::numeric_limits<float>::min() ? std::numeric_limits<float>::min() : raw;
+}
+
+const Kernels& ScalarKernels();
+const Kernels& Avx2Kernels();  // only call when CpuHasAvx2()
+const Kernels& SelectKernels(Isa isa);
+
+}  // namespace lowband::quant::internal
