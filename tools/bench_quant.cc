@@ -95,9 +95,11 @@ nlohmann::json RunQuantBench(const QuantBenchOptions& opt) {
     double copy_s = 1e30, enc_s = 1e30, dec_s = 1e30, add_s = 1e30;
     for (int r = 0; r < opt.repeat; ++r) {
       copy_s = std::min(copy_s, BestSeconds(1, [&] { std::memcpy(dst.data(), gauss.data(), n * 4); }));
-      enc_s = std::min(enc_s, BestSeconds(1, [&] { Check(quant::EncodeInto(spec, gauss, payload), "encode"); }));
+      enc_s =
+          std::min(enc_s, BestSeconds(1, [&] { Check(quant::EncodeInto(spec, gauss, payload), "encode"); }));
       dec_s = std::min(dec_s, BestSeconds(1, [&] { Check(quant::DecodeInto(payload, out), "decode"); }));
-      add_s = std::min(add_s, BestSeconds(1, [&] { Check(quant::DecodeAdd(payload, 0.25f, acc), "decode_add"); }));
+      add_s = std::min(add_s,
+                       BestSeconds(1, [&] { Check(quant::DecodeAdd(payload, 0.25f, acc), "decode_add"); }));
     }
     const double local_memcpy_gbps = gb / copy_s;
     Check(quant::DecodeInto(payload, out), "decode");

@@ -18,5 +18,6 @@ struct CommandError : std::runtime_error {
 };
 
 void RegisterBench(CLI::App& app);
+void RegisterData(CLI::App& app);
 
 }  // namespace lowband::tools

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(log_level)); });
 
   lowband::tools::RegisterBench(app);
+  lowband::tools::RegisterData(app);
 
   try {
     app.parse(argc, argv);
