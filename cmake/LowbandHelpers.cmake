@@ -65,5 +65,5 @@ function(lowband_test)
   endif()
   add_test(NAME ${T_NAME} COMMAND test_${T_NAME} --gtest_brief=1)
   set_tests_properties(${T_NAME} PROPERTIES TIMEOUT ${T_TIMEOUT} LABELS "${T_LABELS}"
-                       ENVIRONMENT "LOWBAND_BIN=$<TARGET_FILE_DIR:test_${T_NAME}>/../tools/lowband")
+                       ENVIRONMENT "LOWBAND_BIN=$<TARGET_FILE:lowband>")
 endfunction()

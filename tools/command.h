@@ -18,6 +18,8 @@ struct CommandError : std::runtime_error {
 };
 
 void RegisterBench(CLI::App& app);
+void RegisterTraining(CLI::App& app);
 void RegisterData(CLI::App& app);
+void RegisterReport(CLI::App& app);
 
 }  // namespace lowband::tools

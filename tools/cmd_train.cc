@@ -1,0 +1,285 @@
+// `lowband coordinator`, `lowband worker` and `lowband launch`: a training run's processes.
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "comm/metrics.h"
+#include "tools/command.h"
+#include "tools/config.h"
+#include "tools/launcher.h"
+
+#if defined(LOWBAND_HAVE_GRPC)
+#include "comm/outer_update.h"
+#include "coordinator/core.h"
+#include "coordinator/service.h"
+#endif
+#if defined(LOWBAND_HAVE_ENGINE)
+#include "worker/engine.h"
+#include "worker/torch_runtime.h"
+#endif
+
+namespace lowband::tools {
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+void OnStop(int) { g_stop = 1; }
+
+RunConfig Resolve(const ConfigFlags& flags) {
+  auto c = ResolveConfig(flags);
+  if (!c.ok()) throw CommandError(c.status().message(), 2);
+  return *c;
+}
+
+void Check(const Status& s) {
+  if (!s.ok()) throw CommandError(s.ToString());
+}
+
+std::string SelfPath() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string("lowband") : p.string();
+}
+
+struct CoordinatorFlags {
+  std::string listen = "0.0.0.0:50051";
+  std::string port_file;
+  std::string out;
+  int workers = 0;
+  bool exit_when_done = false;
+};
+
+#if defined(LOWBAND_HAVE_GRPC)
+void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
+  coordinator::CoordinatorOptions co;
+  co.run_id = c.run.id;
+  co.token = c.run.token;
+  co.layout.num_fragments = static_cast<uint32_t>(c.diloco.fragments);
+  auto nb = comm::ParseNonBlockPolicy(c.diloco.nonblock);
+  Check(nb.status());
+  co.layout.nonblock = *nb;
+  co.inner_steps = static_cast<uint64_t>(c.diloco.H);
+  co.overlap_steps = static_cast<uint64_t>(c.diloco.tau);
+  co.mixing_alpha = static_cast<float>(c.diloco.alpha);
+  co.quorum = static_cast<uint32_t>(std::max(1, c.coordinator.quorum));
+  co.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(c.coordinator.round_timeout_s * 1000));
+  co.heartbeat_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(c.coordinator.heartbeat_timeout_s * 1000));
+  co.heartbeat_interval = std::min(co.heartbeat_interval, co.heartbeat_timeout / 3);
+  co.outer.lr = static_cast<float>(c.diloco.outer_lr);
+  co.outer.momentum = static_cast<float>(c.diloco.outer_momentum);
+  co.outer.nesterov = c.diloco.nesterov;
+  auto up = UploadCodec(c);
+  Check(up.status());
+  auto down = DownloadCodec(c);
+  Check(down.status());
+  co.upload_codec = *up;
+  co.download_codec = *down;
+  auto core = coordinator::CoordinatorCore::Create(co);
+  Check(core.status());
+  coordinator::ServerOptions so;
+  so.address = f.listen;
+  auto server = coordinator::CoordinatorServer::Start(**core, so);
+  Check(server.status());
+  spdlog::info(
+      "coordinator for run '{}' on port {}: algo {}, H={} P={} tau={} alpha={}, codec {} up / {} down",
+      c.run.id, (*server)->port(), c.algo, co.inner_steps, co.layout.num_fragments, co.overlap_steps,
+      co.mixing_alpha, quant::FormatName(co.upload_codec.format),
+      quant::FormatName(co.download_codec.format));
+  if (!f.port_file.empty()) {
+    const std::string tmp = f.port_file + ".tmp";
+    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::filesystem::rename(tmp, f.port_file);
+  }
+  std::signal(SIGINT, OnStop);
+  std::signal(SIGTERM, OnStop);
+  comm::MetricsLog log;
+  if (!f.out.empty()) {
+    auto l = comm::MetricsLog::Open(f.out + "/metrics/coordinator.jsonl");
+    Check(l.status());
+    log = std::move(*l);
+  }
+  comm::RunClock clock;
+  uint64_t last_rounds = 0;
+  double last_status = 0;
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto counters = (*core)->counters();
+    if (counters.rounds_closed != last_rounds || clock.Elapsed() - last_status > 10) {
+      log.Write({{"event", "status"},
+                 {"wall_seconds", clock.Elapsed()},
+                 {"rounds_closed", counters.rounds_closed},
+                 {"live_members", (*core)->live_members()},
+                 {"bytes_in", counters.sync_bytes_in},
+                 {"bytes_out", counters.sync_bytes_out},
+                 {"late_pushes", counters.late_pushes},
+                 {"refusals", counters.refusals}});
+      if (counters.rounds_closed != last_rounds) {
+        spdlog::info("rounds closed {}  members {}  in {}  out {}", counters.rounds_closed,
+                     (*core)->live_members(), comm::HumanBytes(static_cast<double>(counters.sync_bytes_in)),
+                     comm::HumanBytes(static_cast<double>(counters.sync_bytes_out)));
+      }
+      last_rounds = counters.rounds_closed;
+      last_status = clock.Elapsed();
+    }
+    if (f.exit_when_done && f.workers > 0 && counters.joins >= static_cast<uint64_t>(f.workers) &&
+        (*core)->live_members() == 0) {
+      spdlog::info("all {} workers have left; stopping", f.workers);
+      break;
+    }
+  }
+  (*server)->Stop();
+  const auto counters = (*core)->counters();
+  nlohmann::json r = {{"rounds_closed", counters.rounds_closed},
+                      {"rounds_closed_at_deadline", counters.rounds_closed_at_deadline},
+                      {"contributions", counters.contributions},
+                      {"late_pushes", counters.late_pushes},
+                      {"duplicate_pushes", counters.duplicate_pushes},
+                      {"refusals", counters.refusals},
+                      {"joins", counters.joins},
+                      {"sync_bytes_in", counters.sync_bytes_in},
+                      {"sync_bytes_out", counters.sync_bytes_out},
+                      {"bootstrap_bytes_in", counters.bootstrap_bytes_in},
+                      {"bootstrap_bytes_out", counters.bootstrap_bytes_out},
+                      {"global_crc", (*core)->GlobalStateCrc()},
+                      {"wall_seconds", clock.Elapsed()}};
+  if (!f.out.empty()) Check(comm::WriteJsonFile(f.out + "/metrics/coordinator-result.json", r));
+  spdlog::info("coordinator done: {} rounds, {} contributions, {} late pushes refused",
+               counters.rounds_closed, counters.contributions, counters.late_pushes);
+}
+#endif
+
+struct WorkerFlags {
+  std::string coordinator;
+  std::string ddp_store;
+  std::string out;
+  std::string name;
+  int worker_id = 0;
+  int workers = 1;
+  int64_t checkpoint_every = 0;
+  bool resume = false;
+};
+
+#if defined(LOWBAND_HAVE_ENGINE)
+void RunWorkerCommand(const RunConfig& c, const WorkerFlags& f) {
+  Check(worker::ConfigureTorchThreads({c.threads, 1}));
+  worker::EngineOptions e;
+  e.algo = c.algo;
+  e.steps = c.steps;
+  e.eval_every = c.eval_every;
+  e.log_every = c.log_every;
+  e.seed = c.seed;
+  e.model = c.model;
+  e.data = c.data;
+  e.inner = c.inner;
+  e.worker_index = f.worker_id;
+  e.num_workers = f.workers;
+  e.evaluate = f.worker_id == 0;
+  e.coordinator = f.coordinator;
+  e.run_id = c.run.id;
+  e.token = c.run.token;
+  e.worker_name = f.name.empty() ? fmt::format("worker-{}", f.worker_id) : f.name;
+  e.error_feedback = c.codec.error_feedback;
+  e.late = c.diloco.late;
+  e.update_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(c.coordinator.round_timeout_s * 1000) + 60'000);
+  e.store_address = f.ddp_store;
+  e.checkpoint_every = f.checkpoint_every;
+  e.resume = f.resume;
+  if (!f.out.empty()) {
+    std::filesystem::create_directories(f.out + "/metrics");
+    e.metrics_path = fmt::format("{}/metrics/worker-{}.jsonl", f.out, f.worker_id);
+    e.result_path = fmt::format("{}/metrics/worker-{}-result.json", f.out, f.worker_id);
+    e.checkpoint_dir = fmt::format("{}/checkpoints/worker-{}", f.out, f.worker_id);
+  }
+  if (c.algo == "ddp" && f.ddp_store.empty())
+    throw CommandError("algo ddp needs --ddp-store HOST:PORT (rank 0 listens there)", 2);
+  if (c.algo != "ddp" && f.coordinator.empty()) throw CommandError("--coordinator HOST:PORT is required", 2);
+  if (f.worker_id < 0 || f.worker_id >= f.workers) {
+    throw CommandError(
+        fmt::format("--worker-id {} is outside 0..{} (--workers {})", f.worker_id, f.workers - 1, f.workers),
+        2);
+  }
+  Check(worker::RunWorker(e));
+}
+#endif
+
+}  // namespace
+
+void RegisterTraining(CLI::App& app) {
+  // ---- coordinator
+  {
+    auto* cmd = app.add_subcommand("coordinator", "Run the Streaming DiLoCo coordinator (gRPC server)");
+    auto flags = AddConfigFlags(cmd);
+    auto f = std::make_shared<CoordinatorFlags>();
+    cmd->add_option("--listen", f->listen, "host:port to listen on (port 0: pick one)")
+        ->capture_default_str();
+    cmd->add_option("--port-file", f->port_file, "Write the bound port to this file once listening");
+    cmd->add_option("--out", f->out, "Run directory for metrics/coordinator*.json[l]");
+    cmd->add_option("--workers", f->workers, "Expected workers (with --exit-when-done)");
+    cmd->add_flag("--exit-when-done", f->exit_when_done,
+                  "Exit once --workers workers have joined and all left");
+    cmd->callback([flags, f] {
+#if defined(LOWBAND_HAVE_GRPC)
+      RunCoordinator(Resolve(*flags), *f);
+#else
+      throw CommandError(
+          "this build has no gRPC: install libgrpc++-dev (deploy/install-deps.sh) and rebuild");
+#endif
+    });
+  }
+  // ---- worker
+  {
+    auto* cmd =
+        app.add_subcommand("worker", "Run one training worker (Streaming DiLoCo / DiLoCo / ddp rank)");
+    auto flags = AddConfigFlags(cmd);
+    auto f = std::make_shared<WorkerFlags>();
+    cmd->add_option("--coordinator", f->coordinator, "Coordinator host:port (streaming, diloco)");
+    cmd->add_option("--ddp-store", f->ddp_store, "c10d TCPStore host:port, hosted by worker 0 (ddp)");
+    cmd->add_option("--worker-id", f->worker_id, "This worker's index = data shard (0 evaluates)")
+        ->capture_default_str();
+    cmd->add_option("--workers", f->workers, "Number of workers (data shards / ddp world size)")
+        ->capture_default_str();
+    cmd->add_option("--name", f->name, "Name shown by the coordinator");
+    cmd->add_option("--out", f->out, "Run directory (metrics/, checkpoints/)");
+    cmd->add_option("--checkpoint-every", f->checkpoint_every,
+                    "Save a worker checkpoint every N steps (and at the end)");
+    cmd->add_flag("--resume", f->resume, "Continue from the latest checkpoint in RUN/checkpoints/worker-N");
+    cmd->callback([flags, f] {
+#if defined(LOWBAND_HAVE_ENGINE)
+      RunWorkerCommand(Resolve(*flags), *f);
+#else
+      throw CommandError("this build has no LibTorch or no gRPC: run deploy/install-deps.sh and rebuild");
+#endif
+    });
+  }
+  // ---- launch
+  {
+    auto* cmd = app.add_subcommand(
+        "launch",
+        "Start a coordinator and M workers on this machine (real gRPC / Gloo on loopback), show progress, "
+        "write RUN/summary.json");
+    auto flags = AddConfigFlags(cmd);
+    auto o = std::make_shared<LaunchOptions>();
+    cmd->add_option("--workers", o->workers, "Number of workers")->capture_default_str();
+    cmd->add_option("--out", o->out, "Run directory")->capture_default_str();
+    cmd->add_option("--progress-seconds", o->progress_seconds,
+                    "Progress line interval when not on a terminal");
+    cmd->callback([flags, o] {
+      RunConfig c = Resolve(*flags);
+      if (c.run.name == "run") c.run.name = std::filesystem::path(o->out).filename().string();
+      o->self = SelfPath();
+      auto summary = Launch(c, *o);
+      if (!summary.ok()) throw CommandError(summary.status().message());
+      fmt::print("\nsummary ({}/summary.json):\n{}", o->out, SummaryTable(*summary));
+    });
+  }
+}
+
+}  // namespace lowband::tools

@@ -1,0 +1,385 @@
+#include "tools/launcher.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "comm/metrics.h"
+
+extern char** environ;
+
+namespace lowband::tools {
+namespace fs = std::filesystem;
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void OnSignal(int) { g_interrupted = 1; }
+
+struct Child {
+  std::string name;
+  pid_t pid = -1;
+  std::string log;
+  bool done = false;
+  int status = 0;
+};
+
+StatusOr<Child> Spawn(const std::string& name, const std::string& self, const std::vector<std::string>& args,
+                      const std::string& log) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  std::vector<std::string> all{self};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  Child c{name, -1, log};
+  const int rc = posix_spawn(&c.pid, self.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return Unavailable(fmt::format("cannot start {} ({}): {}", name, self, std::strerror(rc)));
+  return c;
+}
+
+std::string Tail(const std::string& path, size_t lines) {
+  std::ifstream f(path);
+  std::deque<std::string> last;
+  std::string line;
+  while (std::getline(f, line)) {
+    last.push_back(line);
+    if (last.size() > lines) last.pop_front();
+  }
+  std::string out;
+  for (auto& l : last) out += "    " + l + "\n";
+  return out;
+}
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) ::close(fd);
+  return port;
+}
+
+// Follows one JSONL file: remembers the offset, parses complete new lines.
+class JsonlFollower {
+ public:
+  explicit JsonlFollower(std::string path) : path_(std::move(path)) {}
+  std::vector<nlohmann::json> Poll() {
+    std::vector<nlohmann::json> out;
+    std::ifstream f(path_);
+    if (!f) return out;
+    f.seekg(offset_);
+    std::string line;
+    while (std::getline(f, line)) {
+      if (f.eof()) break;  // no newline yet: a partial line, read it next time
+      offset_ += static_cast<std::streamoff>(line.size() + 1);
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_discarded()) out.push_back(std::move(j));
+    }
+    return out;
+  }
+
+ private:
+  std::string path_;
+  std::streamoff offset_ = 0;
+};
+
+void KillAll(std::vector<Child>& children, int sig) {
+  for (auto& c : children) {
+    if (!c.done && c.pid > 0) ::kill(c.pid, sig);
+  }
+}
+
+// Reaps finished children; returns the first that failed.
+std::optional<Child> Reap(std::vector<Child>& children) {
+  std::optional<Child> failed;
+  for (auto& c : children) {
+    if (c.done) continue;
+    int st = 0;
+    if (::waitpid(c.pid, &st, WNOHANG) == c.pid) {
+      c.done = true;
+      c.status = st;
+      const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+      if (!ok && !failed) failed = c;
+    }
+  }
+  return failed;
+}
+
+std::string Describe(int st) {
+  if (WIFEXITED(st)) return fmt::format("exit code {}", WEXITSTATUS(st));
+  if (WIFSIGNALED(st)) return fmt::format("signal {} ({})", WTERMSIG(st), strsignal(WTERMSIG(st)));
+  return "unknown status";
+}
+
+StatusOr<nlohmann::json> ReadJson(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return NotFound("missing " + path);
+  auto j = nlohmann::json::parse(f, nullptr, false);
+  if (j.is_discarded()) return DataLoss(path + " is not valid JSON");
+  return j;
+}
+
+}  // namespace
+
+StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& config, int workers,
+                                   double wall_seconds) {
+  nlohmann::json s;
+  s["name"] = config.run.name;
+  s["algo"] = config.algo;
+  s["workers"] = workers;
+  s["steps"] = config.steps;
+  s["codec"] = config.algo == "ddp" ? "fp32" : config.codec.format;
+  s["H"] = config.diloco.H;
+  s["fragments"] = config.diloco.fragments;
+  s["tau"] = config.diloco.tau;
+  s["alpha"] = config.diloco.alpha;
+  s["error_feedback"] = config.codec.error_feedback;
+  s["model"] = config.model.kind;
+  s["link"] = nullptr;
+  uint64_t tokens = 0, up = 0, down = 0, boot = 0;
+  double compute = 0, stall = 0, util = 0;
+  nlohmann::json per_worker = nlohmann::json::array(), crcs = nlohmann::json::array();
+  for (int i = 0; i < workers; ++i) {
+    LOWBAND_ASSIGN_OR_RETURN(nlohmann::json r,
+                             ReadJson(fmt::format("{}/metrics/worker-{}-result.json", run_dir, i)));
+    tokens += r.value("tokens", uint64_t{0});
+    const uint64_t u = r.value("bytes_up", uint64_t{0}), d = r.value("bytes_down", uint64_t{0});
+    up += u;
+    down += d;
+    per_worker.push_back(u + d);
+    boot += r.value("bootstrap_bytes", uint64_t{0});
+    compute += r.value("compute_seconds", 0.0);
+    stall += r.value("stall_seconds", 0.0);
+    util += r.value("compute_utilization", 0.0);
+    if (r.contains("global_crc")) crcs.push_back(r["global_crc"]);
+    if (i == 0) {
+      s["eval_curve"] = r.value("eval_curve", nlohmann::json::array());
+      s["final_eval_loss"] = r.value("final_eval_loss", nlohmann::json(nullptr));
+      s["final_eval_accuracy"] = r.value("final_eval_accuracy", nlohmann::json(nullptr));
+      s["parameters"] = r.value("parameters", 0);
+      s["steps"] = r.value("steps", config.steps);
+    }
+  }
+  s["tokens"] = tokens;
+  s["bytes_up"] = up;
+  s["bytes_down"] = down;
+  s["bytes_per_worker"] = per_worker;
+  s["bootstrap_bytes"] = boot;
+  s["wall_seconds"] = wall_seconds;
+  s["compute_seconds"] = compute / workers;
+  s["stall_seconds"] = stall / workers;
+  s["compute_utilization"] = util / workers;
+  if (config.algo != "ddp") {
+    auto coord = ReadJson(run_dir + "/metrics/coordinator-result.json");
+    if (coord.ok()) {
+      s["coordinator"] = *coord;
+      bool same = !crcs.empty();
+      for (const auto& c : crcs) same = same && c == (*coord)["global_crc"];
+      s["global_state_identical"] = same;
+    }
+  }
+  return s;
+}
+
+std::string SummaryTable(const nlohmann::json& s) {
+  auto num = [&](const char* k) { return s.contains(k) && s[k].is_number() ? s[k].get<double>() : 0.0; };
+  double mean_bytes = 0;
+  for (const auto& b : s["bytes_per_worker"]) mean_bytes += b.get<double>();
+  if (!s["bytes_per_worker"].empty()) mean_bytes /= static_cast<double>(s["bytes_per_worker"].size());
+  std::string out;
+  out += fmt::format("  {:<26} {}\n", "run", s.value("name", ""));
+  out += fmt::format("  {:<26} {} ({} workers, codec {})\n", "algorithm", s.value("algo", ""),
+                     s.value("workers", 0), s.value("codec", ""));
+  out += fmt::format("  {:<26} {} steps, {} tokens\n", "trained", s.value("steps", 0),
+                     s.value("tokens", uint64_t{0}));
+  out +=
+      fmt::format("  {:<26} {}\n", "final held-out loss",
+                  s["final_eval_loss"].is_number() ? fmt::format("{:.4f}", num("final_eval_loss")) : "n/a");
+  out += fmt::format("  {:<26} {} (up {}, down {})\n", "bytes per worker", comm::HumanBytes(mean_bytes),
+                     comm::HumanBytes(num("bytes_up") / std::max(1, s.value("workers", 1))),
+                     comm::HumanBytes(num("bytes_down") / std::max(1, s.value("workers", 1))));
+  out += fmt::format("  {:<26} {}\n", "bootstrap bytes (apart)", comm::HumanBytes(num("bootstrap_bytes")));
+  out += fmt::format("  {:<26} {:.1f} s (compute {:.1f} s, stall {:.1f} s per worker)\n", "wall time",
+                     num("wall_seconds"), num("compute_seconds"), num("stall_seconds"));
+  out += fmt::format("  {:<26} {:.1f} %\n", "compute utilization", 100 * num("compute_utilization"));
+  if (s.contains("global_state_identical")) {
+    out += fmt::format("  {:<26} {}\n", "global copies identical",
+                       s["global_state_identical"].get<bool>() ? "yes (CRC32C of every fragment)" : "NO");
+  }
+  return out;
+}
+
+StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o) {
+  if (o.workers < 1) return InvalidArgument("--workers must be at least 1");
+  std::error_code ec;
+  fs::create_directories(o.out + "/metrics", ec);
+  fs::create_directories(o.out + "/logs", ec);
+  if (ec) return Unavailable("cannot create run directory '" + o.out + "': " + ec.message());
+  const std::string config_path = o.out + "/config.yaml";
+  LOWBAND_RETURN_IF_ERROR(WriteYaml(config, config_path));
+  for (const auto& entry : fs::directory_iterator(o.out + "/metrics")) fs::remove(entry.path(), ec);
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  std::vector<Child> children;
+  auto fail = [&](Status s) {
+    KillAll(children, SIGTERM);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    KillAll(children, SIGKILL);
+    for (auto& c : children) {
+      if (!c.done) ::waitpid(c.pid, nullptr, 0);
+    }
+    return s;
+  };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::string> common{"--config", config_path, "--workers", std::to_string(o.workers),
+                                  "--out",    o.out};
+  std::string endpoint;
+  if (config.algo == "ddp") {
+    endpoint = fmt::format("127.0.0.1:{}", FreePort());
+  } else {
+    const std::string port_file = o.out + "/coordinator.port";
+    fs::remove(port_file, ec);
+    std::vector<std::string> args{"coordinator", "--listen", "127.0.0.1:0",
+                                  "--port-file", port_file,  "--exit-when-done"};
+    args.insert(args.end(), common.begin(), common.end());
+    LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn("coordinator", o.self, args, o.out + "/logs/coordinator.log"));
+    children.push_back(c);
+    for (int i = 0; i < 300 && !fs::exists(port_file); ++i) {
+      if (auto failed = Reap(children)) {
+        return fail(Unavailable(fmt::format("the coordinator exited at start ({}); its log:\n{}",
+                                            Describe(failed->status), Tail(failed->log, 20))));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::ifstream pf(port_file);
+    int port = 0;
+    pf >> port;
+    if (port <= 0)
+      return fail(Unavailable("the coordinator did not report its port within 30 s (see " + o.out +
+                              "/logs/coordinator.log)"));
+    endpoint = fmt::format("127.0.0.1:{}", port);
+    spdlog::info("coordinator listening on {}", endpoint);
+  }
+  for (int i = 0; i < o.workers; ++i) {
+    std::vector<std::string> args{"worker", "--worker-id", std::to_string(i)};
+    args.insert(args.end(), common.begin(), common.end());
+    if (config.algo == "ddp") {
+      args.insert(args.end(), {"--ddp-store", endpoint});
+    } else {
+      args.insert(args.end(), {"--coordinator", endpoint});
+    }
+    LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn(fmt::format("worker {}", i), o.self, args,
+                                            fmt::format("{}/logs/worker-{}.log", o.out, i)));
+    children.push_back(c);
+  }
+  spdlog::info("{} {} workers started; logs in {}/logs, metrics in {}/metrics", o.workers, config.algo, o.out,
+               o.out);
+
+  std::vector<JsonlFollower> followers;
+  for (int i = 0; i < o.workers; ++i)
+    followers.emplace_back(fmt::format("{}/metrics/worker-{}.jsonl", o.out, i));
+  std::vector<nlohmann::json> last(o.workers);
+  const bool tty = ::isatty(STDOUT_FILENO);
+  double last_print = -1e9, last_progress_time = 0;
+  int64_t last_min_step = -1;
+  const size_t first_worker = config.algo == "ddp" ? 0 : 1;
+  for (;;) {
+    if (g_interrupted) return fail(Aborted("interrupted: stopped every process of the run"));
+    if (auto failed = Reap(children)) {
+      return fail(Internal(fmt::format("{} failed ({}); the last lines of {}:\n{}", failed->name,
+                                       Describe(failed->status), failed->log, Tail(failed->log, 25))));
+    }
+    bool workers_done = true;
+    for (size_t i = first_worker; i < children.size(); ++i) workers_done = workers_done && children[i].done;
+    for (int i = 0; i < o.workers; ++i) {
+      for (auto& rec : followers[i].Poll()) {
+        if (rec.value("event", "") == "step") last[i] = rec;
+      }
+    }
+    const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int64_t min_step = INT64_MAX;
+    double loss = 0, tps = 0, up = 0, down = 0, stall = 0;
+    for (const auto& r : last) {
+      min_step = std::min<int64_t>(min_step, r.is_null() ? 0 : r.value("step", int64_t{0}));
+      if (r.is_null()) continue;
+      loss += r.value("loss", 0.0) / o.workers;
+      tps += r.value("tokens_per_s", 0.0);
+      up += r.value("bytes_up", 0.0);
+      down += r.value("bytes_down", 0.0);
+      stall += r.value("stall_seconds", 0.0) / o.workers;
+    }
+    if (min_step != last_min_step) {
+      last_min_step = min_step;
+      last_progress_time = now;
+    } else if (now - last_progress_time > o.stuck_seconds) {
+      return fail(DeadlineExceeded(
+          fmt::format("no worker progressed for {:.0f} s; see {}/logs", o.stuck_seconds, o.out)));
+    }
+    if (workers_done || now - last_print >= (tty ? 1.0 : o.progress_seconds)) {
+      const double eta =
+          min_step > 0 ? now / static_cast<double>(min_step) * static_cast<double>(config.steps - min_step)
+                       : 0;
+      const std::string line = fmt::format(
+          "step {:>6}/{} ({:3.0f}%)  loss {:.4f}  {:>7.0f} tok/s  up {:>9}  down {:>9}  stall {:5.1f}s  ETA "
+          "{}",
+          min_step, config.steps, 100.0 * static_cast<double>(min_step) / static_cast<double>(config.steps),
+          loss, tps, comm::HumanBytes(up / o.workers), comm::HumanBytes(down / o.workers), stall,
+          comm::HumanSeconds(eta));
+      if (tty) {
+        fmt::print("\r{}\033[K", line);
+      } else {
+        fmt::print("{}\n", line);
+      }
+      std::fflush(stdout);
+      last_print = now;
+    }
+    if (workers_done) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  if (tty) fmt::print("\n");
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // The coordinator leaves by itself once every worker has left; give it a moment, then ask.
+  for (int i = 0; i < 100 && first_worker == 1 && !children[0].done; ++i) {
+    Reap(children);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (first_worker == 1 && !children[0].done) {
+    ::kill(children[0].pid, SIGTERM);
+    ::waitpid(children[0].pid, nullptr, 0);
+    children[0].done = true;
+  }
+  LOWBAND_ASSIGN_OR_RETURN(nlohmann::json summary, Summarize(o.out, config, o.workers, wall));
+  LOWBAND_RETURN_IF_ERROR(comm::WriteJsonFile(o.out + "/summary.json", summary));
+  return summary;
+}
+
+}  // namespace lowband::tools

@@ -1,0 +1,510 @@
+#include "worker/data.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+#include <torch/types.h>
+
+#include "worker/torch_runtime.h"
+
+namespace lowband::worker {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Counter-based random stream (splitmix64): draw k of a stream is a pure function of (key, k), so a
+// dataset can jump to any batch without replaying the ones before it.
+uint64_t Mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ULL;
+uint64_t StreamKey(uint64_t seed, uint64_t a, uint64_t b) {
+  return Mix64(Mix64(seed + kGamma) ^ Mix64((a + 1) * kGamma) ^ Mix64((b + 1) * kGamma * 3));
+}
+uint64_t Draw(uint64_t key, uint64_t k) { return Mix64(key + (k + 1) * kGamma); }
+
+std::string Quoted(const std::string& s) { return "\"" + s + "\""; }
+
+std::string Hex(unsigned v) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  return {kDigits[(v >> 4) & 15], kDigits[v & 15]};
+}
+
+// Appends advice (what to run) to a failed status.
+Status WithAdvice(const Status& s, const std::string& advice) {
+  return s.ok() ? s : Status(s.code(), s.message() + advice);
+}
+
+// Reads `count` bytes at `offset` of `path`.
+StatusOr<std::string> ReadRange(const std::string& path, int64_t offset, int64_t count) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("cannot open " + Quoted(path) + ": " + std::strerror(errno));
+  std::string out(static_cast<size_t>(count), '\0');
+  in.seekg(offset);
+  in.read(out.data(), count);
+  if (in.gcount() != count) {
+    return DataLoss("short read from " + Quoted(path) + ": wanted " + std::to_string(count) +
+                    " bytes at offset " + std::to_string(offset) + ", got " + std::to_string(in.gcount()));
+  }
+  return out;
+}
+
+StatusOr<int64_t> FileSize(const std::string& path, const std::string& hint) {
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) return NotFound(Quoted(path) + " does not exist" + hint);
+  if (!fs::is_regular_file(status)) return InvalidArgument(Quoted(path) + " is not a regular file" + hint);
+  const auto size = fs::file_size(path, ec);
+  if (ec) return Internal("cannot get the size of " + Quoted(path) + ": " + ec.message());
+  return static_cast<int64_t>(size);
+}
+
+Status ValidateDataConfig(const DataConfig& c, int shard, int num_shards) {
+  const auto bad = [](const std::string& m) { return InvalidArgument("data config: " + m); };
+  if (num_shards < 1 || shard < 0 || shard >= num_shards) {
+    return bad("shard must be in [0, num_shards), got shard " + std::to_string(shard) + " of " +
+               std::to_string(num_shards));
+  }
+  if (c.batch_size < 1) return bad("batch_size must be >= 1, got " + std::to_string(c.batch_size));
+  if (c.seq_len < 1) return bad("seq_len must be >= 1, got " + std::to_string(c.seq_len));
+  if (!(c.heldout_fraction >= 0.0 && c.heldout_fraction < 1.0)) {
+    return bad("heldout_fraction must be in [0, 1), got " + std::to_string(c.heldout_fraction));
+  }
+  if (c.eval_batches < 0) return bad("eval_batches must be >= 0, got " + std::to_string(c.eval_batches));
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Token data (bytes of a text file, or uint16 token ids)
+
+class TokenDataset final : public Dataset {
+ public:
+  // Everything is prepared by Open; the constructor only takes ownership.
+  TokenDataset(const DataConfig& c, std::vector<int64_t> train, std::vector<Batch> eval, int64_t shard_begin,
+               int64_t train_total, int64_t vocab, uint64_t key)
+      : config_(c),
+        train_(std::move(train)),
+        eval_(std::move(eval)),
+        shard_begin_(shard_begin),
+        train_total_(train_total),
+        vocab_(vocab),
+        key_(key) {}
+
+  static StatusOr<std::unique_ptr<Dataset>> Open(const DataConfig& c, const std::string& path,
+                                                 int token_bytes, const std::string& hint, int shard,
+                                                 int num_shards, uint64_t seed) {
+    LOWBAND_ASSIGN_OR_RETURN(const int64_t file_size, FileSize(path, hint));
+    if (file_size % token_bytes != 0) {
+      return InvalidArgument("token file " + Quoted(path) + " has " + std::to_string(file_size) +
+                             " bytes, not a multiple of " + std::to_string(token_bytes) +
+                             " (expected flat little-endian uint16 token ids)");
+    }
+    const int64_t n = file_size / token_bytes;
+    const int64_t heldout = std::llround(static_cast<double>(n) * c.heldout_fraction);
+    const int64_t train_total = n - heldout;
+    const int64_t begin = train_total * shard / num_shards;
+    const int64_t end = train_total * (shard + 1) / num_shards;
+    const int64_t T = c.seq_len;
+    if (end - begin < T + 1) {
+      return FailedPrecondition(Quoted(path) + ": training shard " + std::to_string(shard) + " of " +
+                                std::to_string(num_shards) + " has " + std::to_string(end - begin) +
+                                " tokens, fewer than seq_len+1 = " + std::to_string(T + 1) +
+                                "; use a larger file, fewer workers or a shorter seq_len");
+    }
+    const bool want_eval = c.eval_batches > 0 && heldout > 0;
+    if (want_eval && heldout < T + 1) {
+      return FailedPrecondition(Quoted(path) + ": the held-out part has " + std::to_string(heldout) +
+                                " tokens, fewer than seq_len+1 = " + std::to_string(T + 1) +
+                                "; raise heldout_fraction or use a larger file");
+    }
+
+    int64_t vocab = 256;
+    if (token_bytes == 2) {
+      // The vocabulary must be the same on every worker, so it comes from the whole file, not the shard.
+      LOWBAND_ASSIGN_OR_RETURN(vocab, MaxToken(path, n));
+      vocab += 1;
+    }
+    LOWBAND_ASSIGN_OR_RETURN(std::vector<int64_t> train, ReadTokens(path, token_bytes, begin, end - begin));
+
+    std::vector<Batch> eval;
+    if (want_eval) {
+      LOWBAND_ASSIGN_OR_RETURN(std::vector<int64_t> held,
+                               ReadTokens(path, token_bytes, train_total, heldout));
+      const int64_t windows = std::min<int64_t>((heldout - 1) / T, int64_t{c.eval_batches} * c.batch_size);
+      for (int64_t first = 0; first < windows; first += c.batch_size) {
+        const int64_t b = std::min<int64_t>(c.batch_size, windows - first);
+        std::vector<int64_t> starts(static_cast<size_t>(b));
+        for (int64_t i = 0; i < b; ++i) starts[static_cast<size_t>(i)] = (first + i) * T;
+        eval.push_back(MakeWindows(held, starts, T));
+      }
+    }
+    return std::unique_ptr<Dataset>(new TokenDataset(c, std::move(train), std::move(eval), begin, train_total,
+                                                     vocab,
+                                                     StreamKey(seed, static_cast<uint64_t>(shard), 0)));
+  }
+
+  Batch NextTrainBatch() override {
+    const int64_t T = config_.seq_len;
+    const auto positions = static_cast<uint64_t>(static_cast<int64_t>(train_.size()) - T);  // valid starts
+    std::vector<int64_t> starts(static_cast<size_t>(config_.batch_size));
+    for (int64_t i = 0; i < config_.batch_size; ++i) {
+      const uint64_t k = static_cast<uint64_t>(drawn_) * static_cast<uint64_t>(config_.batch_size) +
+                         static_cast<uint64_t>(i);
+      starts[static_cast<size_t>(i)] = static_cast<int64_t>(Draw(key_, k) % positions);
+    }
+    ++drawn_;
+    return MakeWindows(train_, starts, T);
+  }
+
+  const std::vector<Batch>& EvalBatches() override { return eval_; }
+  int64_t TrainSize() const override { return static_cast<int64_t>(train_.size()); }
+  std::pair<int64_t, int64_t> ShardRange() const override {
+    return {shard_begin_, shard_begin_ + static_cast<int64_t>(train_.size())};
+  }
+  int64_t TrainTotal() const override { return train_total_; }
+  int64_t NumClasses() const override { return vocab_; }
+  TaskKind task() const override { return TaskKind::kLanguageModel; }
+  int64_t TrainBatchesDrawn() const override { return drawn_; }
+  Status SeekTrain(int64_t batches_drawn) override {
+    if (batches_drawn < 0)
+      return InvalidArgument("SeekTrain: batch index must be >= 0, got " + std::to_string(batches_drawn));
+    drawn_ = batches_drawn;
+    return Status::Ok();
+  }
+
+ private:
+  static Batch MakeWindows(const std::vector<int64_t>& tokens, const std::vector<int64_t>& starts,
+                           int64_t T) {
+    const auto b = static_cast<int64_t>(starts.size());
+    torch::Tensor inputs = torch::empty({b, T}, torch::kLong);
+    torch::Tensor targets = torch::empty({b, T}, torch::kLong);
+    int64_t* in = inputs.data_ptr<int64_t>();
+    int64_t* tg = targets.data_ptr<int64_t>();
+    for (int64_t i = 0; i < b; ++i) {
+      const int64_t* w = tokens.data() + starts[static_cast<size_t>(i)];
+      std::memcpy(in + i * T, w, static_cast<size_t>(T) * sizeof(int64_t));
+      std::memcpy(tg + i * T, w + 1, static_cast<size_t>(T) * sizeof(int64_t));
+    }
+    return Batch{inputs, targets};
+  }
+
+  static StatusOr<std::vector<int64_t>> ReadTokens(const std::string& path, int token_bytes, int64_t first,
+                                                   int64_t count) {
+    LOWBAND_ASSIGN_OR_RETURN(const std::string raw,
+                             ReadRange(path, first * token_bytes, count * token_bytes));
+    std::vector<int64_t> out(static_cast<size_t>(count));
+    const auto* p = reinterpret_cast<const unsigned char*>(raw.data());
+    for (int64_t i = 0; i < count; ++i) {
+      out[static_cast<size_t>(i)] =
+          token_bytes == 1 ? p[i]
+                           : static_cast<int64_t>(p[2 * i] | (static_cast<unsigned>(p[2 * i + 1]) << 8));
+    }
+    return out;
+  }
+
+  static StatusOr<int64_t> MaxToken(const std::string& path, int64_t n) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return NotFound("cannot open " + Quoted(path) + ": " + std::strerror(errno));
+    std::vector<unsigned char> buf(1 << 20);
+    int64_t max_token = 0, seen = 0;
+    while (seen < n) {
+      const int64_t want = std::min<int64_t>(static_cast<int64_t>(buf.size()) / 2, n - seen);
+      in.read(reinterpret_cast<char*>(buf.data()), want * 2);
+      if (in.gcount() != want * 2) return DataLoss("short read from " + Quoted(path));
+      for (int64_t i = 0; i < want; ++i) {
+        max_token = std::max<int64_t>(max_token, buf[2 * i] | (static_cast<unsigned>(buf[2 * i + 1]) << 8));
+      }
+      seen += want;
+    }
+    return max_token;
+  }
+
+  DataConfig config_;
+  std::vector<int64_t> train_;  // this shard's tokens
+  std::vector<Batch> eval_;
+  int64_t shard_begin_;
+  int64_t train_total_;
+  int64_t vocab_;
+  uint64_t key_;
+  int64_t drawn_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Fashion-MNIST
+
+constexpr int64_t kSide = 28;
+constexpr int64_t kPixels = kSide * kSide;
+constexpr int64_t kFashionClasses = 10;
+// Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]).
+constexpr float kPixelMean = 0.2860F;
+constexpr float kPixelStd = 0.3530F;
+
+struct ImageSet {
+  std::string pixels;  // n * 784 bytes
+  std::string labels;  // n bytes
+  int64_t total = 0;   // images in the whole file
+};
+
+// Reads images and labels [first, first + count) of one split ("train" or "t10k"); count < 0 = to the end.
+StatusOr<ImageSet> ReadFashionSplit(const std::string& data_dir, const std::string& split, int64_t first,
+                                    int64_t count) {
+  const std::string hint = "; run `lowband data prepare fashion-mnist --data-dir " + data_dir + "`";
+  const fs::path dir = fs::path(data_dir) / "fashion-mnist";
+  const std::string images_path = (dir / (split + "-images-idx3-ubyte")).string();
+  const std::string labels_path = (dir / (split + "-labels-idx1-ubyte")).string();
+  StatusOr<IdxHeader> images = ReadIdxHeader(images_path, 3);
+  if (!images.ok()) return WithAdvice(images.status(), hint);
+  StatusOr<IdxHeader> labels = ReadIdxHeader(labels_path, 1);
+  if (!labels.ok()) return WithAdvice(labels.status(), hint);
+  if (images->dims[1] != kSide || images->dims[2] != kSide) {
+    return DataLoss(Quoted(images_path) + ": expected 28x28 images, got " + std::to_string(images->dims[1]) +
+                    "x" + std::to_string(images->dims[2]) + hint);
+  }
+  if (images->dims[0] != labels->dims[0]) {
+    return DataLoss(Quoted(images_path) + " has " + std::to_string(images->dims[0]) + " images but " +
+                    Quoted(labels_path) + " has " + std::to_string(labels->dims[0]) + " labels" + hint);
+  }
+  ImageSet set;
+  set.total = images->dims[0];
+  if (count < 0) count = set.total - first;
+  count = std::min(count, set.total - first);
+  LOWBAND_ASSIGN_OR_RETURN(set.pixels,
+                           ReadRange(images_path, images->data_offset + first * kPixels, count * kPixels));
+  LOWBAND_ASSIGN_OR_RETURN(set.labels, ReadRange(labels_path, labels->data_offset + first, count));
+  for (int64_t i = 0; i < count; ++i) {
+    const auto label = static_cast<unsigned char>(set.labels[static_cast<size_t>(i)]);
+    if (label >= kFashionClasses) {
+      return DataLoss(Quoted(labels_path) + ": label " + std::to_string(label) + " at index " +
+                      std::to_string(first + i) + " is outside [0, 10)" + hint);
+    }
+  }
+  return set;
+}
+
+Batch MakeImageBatch(const ImageSet& set, const std::vector<int64_t>& indices) {
+  const auto b = static_cast<int64_t>(indices.size());
+  torch::Tensor inputs = torch::empty({b, 1, kSide, kSide}, torch::kFloat);
+  torch::Tensor targets = torch::empty({b}, torch::kLong);
+  float* in = inputs.data_ptr<float>();
+  int64_t* tg = targets.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const auto idx = static_cast<size_t>(indices[static_cast<size_t>(i)]);
+    const auto* px = reinterpret_cast<const unsigned char*>(set.pixels.data()) + idx * kPixels;
+    for (int64_t j = 0; j < kPixels; ++j) in[i * kPixels + j] = (px[j] / 255.0F - kPixelMean) / kPixelStd;
+    tg[i] = static_cast<unsigned char>(set.labels[idx]);
+  }
+  return Batch{inputs, targets};
+}
+
+class FashionMnistDataset final : public Dataset {
+ public:
+  FashionMnistDataset(const DataConfig& c, ImageSet train, std::vector<Batch> eval, int64_t shard_begin,
+                      int64_t train_total, uint64_t seed, int shard)
+      : config_(c),
+        train_(std::move(train)),
+        eval_(std::move(eval)),
+        shard_begin_(shard_begin),
+        train_total_(train_total),
+        seed_(seed),
+        shard_(shard) {}
+
+  static StatusOr<std::unique_ptr<Dataset>> Open(const DataConfig& c, int shard, int num_shards,
+                                                 uint64_t seed) {
+    // The header gives the training-set size; the shard is read alone.
+    const std::string& dir = c.data_dir;
+    LOWBAND_ASSIGN_OR_RETURN(ImageSet head, ReadFashionSplit(dir, "train", 0, 0));
+    const int64_t total = head.total;
+    const int64_t begin = total * shard / num_shards;
+    const int64_t end = total * (shard + 1) / num_shards;
+    if (end - begin < 1) {
+      return FailedPrecondition("fashion-mnist: training shard " + std::to_string(shard) + " of " +
+                                std::to_string(num_shards) + " is empty (" + std::to_string(total) +
+                                " images)");
+    }
+    LOWBAND_ASSIGN_OR_RETURN(ImageSet train, ReadFashionSplit(dir, "train", begin, end - begin));
+    std::vector<Batch> eval;
+    if (c.eval_batches > 0) {
+      LOWBAND_ASSIGN_OR_RETURN(ImageSet test,
+                               ReadFashionSplit(dir, "t10k", 0, int64_t{c.eval_batches} * c.batch_size));
+      const auto n = static_cast<int64_t>(test.labels.size());
+      for (int64_t first = 0; first < n; first += c.batch_size) {
+        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(c.batch_size, n - first)));
+        std::iota(idx.begin(), idx.end(), first);
+        eval.push_back(MakeImageBatch(test, idx));
+      }
+    }
+    return std::unique_ptr<Dataset>(
+        new FashionMnistDataset(c, std::move(train), std::move(eval), begin, total, seed, shard));
+  }
+
+  Batch NextTrainBatch() override {
+    const auto n = static_cast<int64_t>(train_.labels.size());
+    std::vector<int64_t> idx(static_cast<size_t>(config_.batch_size));
+    for (int64_t i = 0; i < config_.batch_size; ++i) {
+      const int64_t pos = drawn_ * config_.batch_size + i;
+      const int64_t epoch = pos / n;
+      if (epoch != perm_epoch_) Shuffle(epoch);
+      idx[static_cast<size_t>(i)] = perm_[static_cast<size_t>(pos % n)];
+    }
+    ++drawn_;
+    return MakeImageBatch(train_, idx);
+  }
+
+  const std::vector<Batch>& EvalBatches() override { return eval_; }
+  int64_t TrainSize() const override { return static_cast<int64_t>(train_.labels.size()); }
+  std::pair<int64_t, int64_t> ShardRange() const override {
+    return {shard_begin_, shard_begin_ + TrainSize()};
+  }
+  int64_t TrainTotal() const override { return train_total_; }
+  int64_t NumClasses() const override { return kFashionClasses; }
+  TaskKind task() const override { return TaskKind::kImageClassification; }
+  int64_t TrainBatchesDrawn() const override { return drawn_; }
+  Status SeekTrain(int64_t batches_drawn) override {
+    if (batches_drawn < 0)
+      return InvalidArgument("SeekTrain: batch index must be >= 0, got " + std::to_string(batches_drawn));
+    drawn_ = batches_drawn;
+    return Status::Ok();
+  }
+
+ private:
+  // A fresh Fisher-Yates order of the shard for `epoch`, a function of (seed, shard, epoch) only.
+  void Shuffle(int64_t epoch) {
+    const auto n = static_cast<int64_t>(train_.labels.size());
+    perm_.resize(static_cast<size_t>(n));
+    std::iota(perm_.begin(), perm_.end(), 0);
+    const uint64_t key = StreamKey(seed_, static_cast<uint64_t>(shard_), static_cast<uint64_t>(epoch) + 1);
+    for (int64_t i = n - 1; i > 0; --i) {
+      const auto j = static_cast<int64_t>(Draw(key, static_cast<uint64_t>(i)) % static_cast<uint64_t>(i + 1));
+      std::swap(perm_[static_cast<size_t>(i)], perm_[static_cast<size_t>(j)]);
+    }
+    perm_epoch_ = epoch;
+  }
+
+  DataConfig config_;
+  ImageSet train_;  // this shard's images and labels
+  std::vector<Batch> eval_;
+  int64_t shard_begin_;
+  int64_t train_total_;
+  uint64_t seed_;
+  int shard_;
+  int64_t drawn_ = 0;
+  std::vector<int64_t> perm_;
+  int64_t perm_epoch_ = -1;
+};
+
+}  // namespace
+
+Dataset::~Dataset() = default;
+
+StatusOr<IdxHeader> ParseIdxHeader(std::string_view bytes, int expected_rank, const std::string& what) {
+  const auto size = static_cast<int64_t>(bytes.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (size < 4) {
+    return DataLoss(what + ": truncated IDX file (" + std::to_string(size) +
+                    " bytes, shorter than the 4-byte magic)");
+  }
+  if (p[0] != 0 || p[1] != 0) {
+    return DataLoss(what + ": not an IDX file (magic starts with bytes " + std::to_string(p[0]) + " " +
+                    std::to_string(p[1]) + ", expected 0 0); is it still gzip-compressed?");
+  }
+  if (p[2] != 0x08) {
+    return DataLoss(what + ": IDX element type 0x" + Hex(p[2]) +
+                    " is not supported (expected 0x08, unsigned byte)");
+  }
+  if (p[3] != expected_rank) {
+    return DataLoss(what + ": IDX file has " + std::to_string(p[3]) + " dimensions, expected " +
+                    std::to_string(expected_rank));
+  }
+  IdxHeader h;
+  h.data_offset = 4 + 4 * int64_t{p[3]};
+  if (size < h.data_offset) {
+    return DataLoss(what + ": truncated IDX header (" + std::to_string(size) + " bytes, need " +
+                    std::to_string(h.data_offset) + ")");
+  }
+  h.num_elements = 1;
+  for (int d = 0; d < p[3]; ++d) {
+    const unsigned char* q = p + 4 + 4 * d;
+    const int64_t dim = (int64_t{q[0]} << 24) | (int64_t{q[1]} << 16) | (int64_t{q[2]} << 8) | int64_t{q[3]};
+    h.dims.push_back(dim);
+    h.num_elements *= dim;
+  }
+  return h;
+}
+
+StatusOr<IdxHeader> ReadIdxHeader(const std::string& path, int expected_rank) {
+  LOWBAND_ASSIGN_OR_RETURN(const int64_t file_size, FileSize(path, ""));
+  LOWBAND_ASSIGN_OR_RETURN(const std::string head,
+                           ReadRange(path, 0, std::min<int64_t>(file_size, 4 + 4 * int64_t{expected_rank})));
+  LOWBAND_ASSIGN_OR_RETURN(IdxHeader h, ParseIdxHeader(head, expected_rank, Quoted(path)));
+  if (file_size != h.data_offset + h.num_elements) {
+    return DataLoss(Quoted(path) + ": IDX dimensions promise " + std::to_string(h.num_elements) +
+                    " bytes of data but the file holds " + std::to_string(file_size - h.data_offset) +
+                    (file_size < h.data_offset + h.num_elements ? " (truncated)" : " (trailing bytes)"));
+  }
+  return h;
+}
+
+StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DataConfig& config, int shard, int num_shards,
+                                               uint64_t seed) {
+  LOWBAND_RETURN_IF_ERROR(ValidateDataConfig(config, shard, num_shards));
+  return GuardTorch("OpenDataset", [&]() -> StatusOr<std::unique_ptr<Dataset>> {
+    const std::string& name = config.dataset;
+    if (name == "brown") {
+      const std::string path = (fs::path(config.data_dir) / "brown" / "brown.txt").string();
+      return TokenDataset::Open(config, path, 1,
+                                "; run `lowband data prepare brown --data-dir " + config.data_dir + "`",
+                                shard, num_shards, seed);
+    }
+    if (name.starts_with("text:")) {
+      return TokenDataset::Open(config, name.substr(5), 1, " (dataset " + Quoted(name) + ")", shard,
+                                num_shards, seed);
+    }
+    if (name.starts_with("tokens:")) {
+      return TokenDataset::Open(config, name.substr(7), 2, " (dataset " + Quoted(name) + ")", shard,
+                                num_shards, seed);
+    }
+    if (name == "fashion-mnist") return FashionMnistDataset::Open(config, shard, num_shards, seed);
+    return InvalidArgument("data config: unknown dataset " + Quoted(name) +
+                           "; expected \"brown\", \"text:PATH\", \"tokens:PATH\" or \"fashion-mnist\"");
+  });
+}
+
+Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config, const Dataset& data) {
+  if (data.task() == TaskKind::kLanguageModel) {
+    if (model.kind != "gpt") {
+      return InvalidArgument("dataset " + Quoted(data_config.dataset) +
+                             " is token data and needs model kind \"gpt\", got " + Quoted(model.kind));
+    }
+    if (model.vocab < data.NumClasses()) {
+      return InvalidArgument("dataset " + Quoted(data_config.dataset) + " has token ids up to " +
+                             std::to_string(data.NumClasses() - 1) + " but the model's vocab is " +
+                             std::to_string(model.vocab) +
+                             "; set model vocab >= " + std::to_string(data.NumClasses()));
+    }
+    if (data_config.seq_len > model.context) {
+      return InvalidArgument("data seq_len " + std::to_string(data_config.seq_len) +
+                             " exceeds the model context " + std::to_string(model.context) +
+                             "; set them equal");
+    }
+    return Status::Ok();
+  }
+  if (model.kind != "mlp" && model.kind != "cnn") {
+    return InvalidArgument("dataset " + Quoted(data_config.dataset) +
+                           " is image classification and needs model kind \"mlp\" or \"cnn\", got " +
+                           Quoted(model.kind));
+  }
+  if (model.num_classes < data.NumClasses()) {
+    return InvalidArgument("dataset " + Quoted(data_config.dataset) + " has " +
+                           std::to_string(data.NumClasses()) + " classes but the model has num_classes " +
+                           std::to_string(model.num_classes));
+  }
+  return Status::Ok();
+}
+
+}  // namespace lowband::worker

@@ -1,0 +1,116 @@
+// Datasets a worker trains on: byte-level text (the Brown corpus or any file), flat uint16 token
+// files, and Fashion-MNIST, each split into a fixed held-out set and per-worker training shards.
+//
+// Splits. The held-out set never depends on the number of workers: for token data it is the last
+// `heldout_fraction` of the tokens, for Fashion-MNIST the official t10k test set; every worker builds
+// the same evaluation batches from it. The training part (everything before the held-out tokens, or
+// the 60k training images) is cut into `num_shards` disjoint contiguous slices, one per worker; the
+// slices cover it exactly.
+//
+// Sampling. Token data: each training example is a random window of seq_len+1 tokens inside the
+// shard (inputs = the first seq_len, targets = the last seq_len). Images: the shard is visited in a
+// fresh random order every epoch. Both are a pure function of (seed, shard, batch index), so a worker
+// can resume at batch k with SeekTrain(k) and draw exactly the batches it would have drawn.
+//
+// Files (written by `lowband data prepare`, see data_prep.h):
+//   <data_dir>/brown/brown.txt                   UTF-8 text, read as bytes (vocabulary 256)
+//   <data_dir>/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte   uncompressed IDX
+//
+// Thread safety: a Dataset is used by one thread at a time. Lifetimes: batches are fresh CPU tensors
+// owned by the caller; EvalBatches() stays valid as long as the Dataset.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "quant/status.h"
+#include "worker/model.h"
+
+namespace lowband::worker {
+
+struct DataConfig {
+  // What to train on:
+  //   "brown"            <data_dir>/brown/brown.txt as bytes (run `lowband data prepare brown`)
+  //   "text:PATH"        any file, read as bytes (UTF-8 text works as is; vocabulary 256)
+  //   "tokens:PATH"      a flat file of little-endian uint16 token ids (vocabulary = max id + 1)
+  //   "fashion-mnist"    <data_dir>/fashion-mnist (run `lowband data prepare fashion-mnist`)
+  std::string dataset = "brown";
+  // Directory `lowband data prepare` wrote into.
+  std::string data_dir = "data";
+  // Examples (windows or images) per batch, for training and evaluation alike.
+  int batch_size = 16;
+  // Tokens per training window (language data); should equal the model's context.
+  int seq_len = 128;
+  // Token data: fraction of the tokens, taken from the end, held out for evaluation.
+  double heldout_fraction = 0.05;
+  // Number of evaluation batches built from the held-out set (fewer if it is too small). Token data:
+  // consecutive non-overlapping windows from the start of the held-out part; images: the first
+  // eval_batches * batch_size test images.
+  int eval_batches = 16;
+};
+
+// What the dataset's batches are for, so a caller can check it against the model.
+enum class TaskKind { kLanguageModel, kImageClassification };
+
+class Dataset {
+ public:
+  virtual ~Dataset();
+  Dataset(const Dataset&) = delete;
+  Dataset& operator=(const Dataset&) = delete;
+
+  // The next training batch from this worker's shard; deterministic from (seed, shard, batch index).
+  virtual Batch NextTrainBatch() = 0;
+  // The fixed held-out batches: identical on every worker, whatever the shard count.
+  virtual const std::vector<Batch>& EvalBatches() = 0;
+  // Tokens (token data) or examples (images) in this worker's training shard.
+  virtual int64_t TrainSize() const = 0;
+  // This shard's slice [begin, end) of the training part, in tokens or examples.
+  virtual std::pair<int64_t, int64_t> ShardRange() const = 0;
+  // Size of the training part (all shards together), in tokens or examples.
+  virtual int64_t TrainTotal() const = 0;
+  // Number of distinct targets: token ids (256 for bytes) or classes (10 for Fashion-MNIST).
+  virtual int64_t NumClasses() const = 0;
+  virtual TaskKind task() const = 0;
+  // Training batches drawn so far (a resumable position; store it in checkpoints).
+  virtual int64_t TrainBatchesDrawn() const = 0;
+  // Positions the training stream so that the next batch is batch number `batches_drawn`, exactly as
+  // if that many batches had been drawn since opening.
+  [[nodiscard]] virtual Status SeekTrain(int64_t batches_drawn) = 0;
+
+ protected:
+  Dataset() = default;
+};
+
+// Opens `config.dataset` and returns the training shard `shard` of `num_shards` (0 <= shard <
+// num_shards). The seed drives the training order only; the split does not depend on it.
+[[nodiscard]] StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DataConfig& config, int shard,
+                                                             int num_shards, uint64_t seed);
+
+// Checks that `model` can train on `data`: a GPT for token data with vocab >= NumClasses, a classifier
+// with num_classes >= NumClasses for images.
+[[nodiscard]] Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config,
+                                        const Dataset& data);
+
+// ---------------------------------------------------------------------------------------------------
+// IDX files (the format of MNIST and Fashion-MNIST): 2 zero bytes, a type byte (0x08 = unsigned byte,
+// the only type supported here), a dimension count, that many big-endian uint32 sizes, then the data.
+
+struct IdxHeader {
+  std::vector<int64_t> dims;  // e.g. {60000, 28, 28}
+  int64_t data_offset = 0;    // bytes before the first element (4 + 4 * dims.size())
+  int64_t num_elements = 0;   // product of dims
+};
+
+// Reads and validates the header of an uncompressed unsigned-byte IDX file: magic, dimension count
+// `expected_rank`, and a file size that matches the dimensions exactly.
+[[nodiscard]] StatusOr<IdxHeader> ReadIdxHeader(const std::string& path, int expected_rank);
+
+// Validates a whole IDX file held in memory (same checks as ReadIdxHeader); `what` names it in errors.
+[[nodiscard]] StatusOr<IdxHeader> ParseIdxHeader(std::string_view bytes, int expected_rank,
+                                                 const std::string& what);
+
+}  // namespace lowband::worker

@@ -1,0 +1,549 @@
+#include "worker/engine.h"
+
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "comm/coordinator_client.h"
+#include "comm/metrics.h"
+#include "comm/outer_update.h"
+#include "comm/schedule.h"
+#include "worker/checkpoint.h"
+#include "worker/data.h"
+#include "worker/ddp.h"
+#include "worker/exchange.h"
+#include "worker/inner_optimizer.h"
+#include "worker/model.h"
+
+namespace lowband::worker {
+namespace {
+
+using comm::HumanBytes;
+using comm::HumanSeconds;
+using comm::MetricsLog;
+using comm::RunClock;
+using comm::WriteJsonFile;
+
+StatusOr<comm::ModelSignature> SignatureOf(Model& model) {
+  std::vector<comm::TensorInfo> tensors;
+  for (const ParamInfo& p : Describe(model)) tensors.push_back({p.name, p.shape, p.dtype});
+  return comm::MakeSignature(std::move(tensors));
+}
+
+// Seed of one stochastic-rounding message: every (worker, fragment, round) draws its own numbers.
+uint64_t MessageSeed(uint64_t seed, uint64_t worker, uint32_t fragment, uint64_t round) {
+  uint64_t h = seed * 0x9E3779B97F4A7C15ull;
+  for (uint64_t v : {worker, static_cast<uint64_t>(fragment), round}) {
+    h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+  }
+  return h;
+}
+
+// What every training loop shares: model, data, optimizer, clocks, metrics, evaluation, logging.
+class Trainer {
+ public:
+  explicit Trainer(const EngineOptions& o) : o_(o) {}
+
+  Status Setup() {
+    LOWBAND_ASSIGN_OR_RETURN(model_, MakeModel(o_.model, o_.seed));
+    LOWBAND_ASSIGN_OR_RETURN(data_, OpenDataset(o_.data, o_.worker_index, o_.num_workers, o_.seed));
+    LOWBAND_RETURN_IF_ERROR(CheckModelFitsData(o_.model, o_.data, *data_));
+    LOWBAND_ASSIGN_OR_RETURN(optimizer_, InnerOptimizer::Create(*model_, o_.inner));
+    LOWBAND_ASSIGN_OR_RETURN(metrics_, MetricsLog::Open(o_.metrics_path));
+    spdlog::info("worker {}/{}: {} model, {} parameters; shard of {} {}", o_.worker_index, o_.num_workers,
+                 o_.model.kind, NumParameters(*model_), data_->TrainSize(),
+                 data_->task() == TaskKind::kLanguageModel ? "tokens" : "examples");
+    return Status::Ok();
+  }
+
+  // One inner step; returns the loss.
+  StatusOr<float> InnerStep() {
+    const Batch batch = data_->NextTrainBatch();
+    const auto t0 = RunClock::Clock::now();
+    LOWBAND_ASSIGN_OR_RETURN(const float loss, optimizer_->Step(*model_, batch));
+    compute_s_ += RunClock::Since(t0);
+    Account(batch, loss);
+    return loss;
+  }
+
+  void Account(const Batch& batch, float loss) {
+    tokens_ += model_->TokensPerBatch(batch);
+    loss_sum_ += loss;
+    ++loss_n_;
+    last_loss_ = loss;
+  }
+
+  // Evaluates the parameters now in the model (the caller swaps the global ones in).
+  StatusOr<EvalResult> EvaluateModel() {
+    const auto t0 = RunClock::Clock::now();
+    auto r = model_->Evaluate(data_->EvalBatches());
+    eval_s_ += RunClock::Since(t0);
+    return r;
+  }
+
+  void RecordEval(int64_t step, const EvalResult& r, uint64_t bytes_up, uint64_t bytes_down) {
+    nlohmann::json rec = {{"event", "eval"},      {"step", step},
+                          {"eval_loss", r.loss},  {"wall_seconds", clock_.Elapsed()},
+                          {"bytes_up", bytes_up}, {"bytes_down", bytes_down},
+                          {"tokens", tokens_}};
+    if (r.accuracy) rec["eval_accuracy"] = *r.accuracy;
+    metrics_.Write(rec);
+    curve_.push_back({{"step", step},
+                      {"eval_loss", r.loss},
+                      {"wall_seconds", clock_.Elapsed()},
+                      {"bytes", bytes_up + bytes_down},
+                      {"tokens", tokens_}});
+    final_eval_ = r;
+    spdlog::info("step {:>6}  eval loss {:.4f}{}", step, r.loss,
+                 r.accuracy ? fmt::format("  accuracy {:.4f}", *r.accuracy) : "");
+  }
+
+  void LogStep(int64_t step, uint64_t bytes_up, uint64_t bytes_down) {
+    const double wall = clock_.Elapsed();
+    const double interval = wall - last_log_wall_;
+    const double tps = interval > 0 ? static_cast<double>(tokens_ - last_log_tokens_) / interval : 0.0;
+    const double mean_loss = loss_n_ ? loss_sum_ / loss_n_ : 0.0;
+    metrics_.Write({{"event", "step"},
+                    {"step", step},
+                    {"loss", mean_loss},
+                    {"tokens", tokens_},
+                    {"tokens_per_s", tps},
+                    {"bytes_up", bytes_up},
+                    {"bytes_down", bytes_down},
+                    {"stall_seconds", stall_s_},
+                    {"compute_seconds", compute_s_},
+                    {"wall_seconds", wall},
+                    {"lr", optimizer_->current_lr()}});
+    const double eta =
+        step > 0 ? wall / static_cast<double>(step) * static_cast<double>(o_.steps - step) : 0.0;
+    spdlog::info("step {:>6}/{}  loss {:.4f}  {:.0f} tok/s  up {}  down {}  stall {:.1f}s  ETA {}", step,
+                 o_.steps, mean_loss, tps, HumanBytes(static_cast<double>(bytes_up)),
+                 HumanBytes(static_cast<double>(bytes_down)), stall_s_, HumanSeconds(eta));
+    last_log_wall_ = wall;
+    last_log_tokens_ = tokens_;
+    loss_sum_ = 0;
+    loss_n_ = 0;
+  }
+
+  nlohmann::json Result(const std::string& algo, int64_t steps_done) const {
+    const double wall = clock_.Elapsed();
+    const double busy = wall - eval_s_;  // evaluation is bookkeeping, not training
+    return {
+        {"algo", algo},
+        {"worker", o_.worker_index},
+        {"workers", o_.num_workers},
+        {"steps", steps_done},
+        {"tokens", tokens_},
+        {"wall_seconds", wall},
+        {"train_wall_seconds", busy},
+        {"compute_seconds", compute_s_},
+        {"stall_seconds", stall_s_},
+        {"eval_seconds", eval_s_},
+        {"compute_utilization", busy > 0 ? compute_s_ / busy : 0.0},
+        {"eval_curve", curve_},
+        {"final_eval_loss", final_eval_ ? nlohmann::json(final_eval_->loss) : nlohmann::json(nullptr)},
+        {"final_eval_accuracy", final_eval_ && final_eval_->accuracy ? nlohmann::json(*final_eval_->accuracy)
+                                                                     : nlohmann::json(nullptr)},
+        {"parameters", NumParameters(*model_)}};
+  }
+
+  bool EvalDue(int64_t step) const { return o_.evaluate && step % o_.eval_every == 0; }
+
+  const EngineOptions& o_;
+  RunClock clock_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Dataset> data_;
+  std::unique_ptr<InnerOptimizer> optimizer_;
+  MetricsLog metrics_;
+  double compute_s_ = 0, stall_s_ = 0, eval_s_ = 0, last_log_wall_ = 0;
+  int64_t tokens_ = 0, last_log_tokens_ = 0;
+  double loss_sum_ = 0;
+  int64_t loss_n_ = 0;
+  float last_loss_ = 0;
+  nlohmann::json curve_ = nlohmann::json::array();
+  std::optional<EvalResult> final_eval_;
+};
+
+// Sends heartbeats (step, loss, tokens) on its own thread; remembers a shutdown request.
+class Heartbeat {
+ public:
+  Heartbeat(comm::CoordinatorClient* client, std::chrono::milliseconds interval)
+      : client_(client), interval_(interval.count() > 0 ? interval : std::chrono::milliseconds(5000)) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~Heartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Update(uint64_t step, float loss, uint64_t tokens) {
+    step_ = step;
+    loss_ = loss;
+    tokens_ = tokens;
+  }
+  bool shutdown_requested() const { return shutdown_; }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!cv_.wait_for(lock, interval_, [&] { return stop_; })) {
+      lock.unlock();
+      auto r = client_->Heartbeat({step_.load(), loss_.load(), tokens_.load()});
+      if (r.ok() && r->shutdown) {
+        spdlog::warn("coordinator asks this worker to stop: {}", r->reason);
+        shutdown_ = true;
+      } else if (!r.ok()) {
+        spdlog::warn("heartbeat failed: {}", r.status().ToString());
+      }
+      lock.lock();
+    }
+  }
+
+  comm::CoordinatorClient* client_;
+  std::chrono::milliseconds interval_;
+  std::atomic<uint64_t> step_{0}, tokens_{0};
+  std::atomic<float> loss_{0};
+  std::atomic<bool> shutdown_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // GUARDED_BY(mu_)
+  std::thread thread_;
+};
+
+class StreamingWorker {
+ public:
+  explicit StreamingWorker(const EngineOptions& o) : o_(o), trainer_(o) {}
+
+  Status Run() {
+    LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
+    LOWBAND_RETURN_IF_ERROR(Join());
+    int64_t start = 0;
+    if (o_.resume) {
+      LOWBAND_ASSIGN_OR_RETURN(start, Resume());
+    }
+    exchanger_ = std::make_unique<FragmentExchanger>(client_.get(), o_.update_timeout);
+    heartbeat_ = std::make_unique<Heartbeat>(client_.get(), reply_.heartbeat_interval);
+    if (start == 0 && trainer_.EvalDue(0)) LOWBAND_RETURN_IF_ERROR(Evaluate(0));
+
+    int64_t t = start;
+    while (t < o_.steps) {
+      ++t;
+      LOWBAND_ASSIGN_OR_RETURN(const float loss, trainer_.InnerStep());
+      heartbeat_->Update(static_cast<uint64_t>(t), loss, static_cast<uint64_t>(trainer_.tokens_));
+      LOWBAND_RETURN_IF_ERROR(ApplyDue(t, /*final=*/false));
+      LOWBAND_RETURN_IF_ERROR(SendDue(t));
+      if (schedule_->overlap() == 0) LOWBAND_RETURN_IF_ERROR(ApplyDue(t, false));
+      if (t % o_.log_every == 0) trainer_.LogStep(t, BytesUp(), BytesDown());
+      if (trainer_.EvalDue(t) && t != o_.steps) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
+      if (o_.checkpoint_every > 0 && t % o_.checkpoint_every == 0 && t != o_.steps) {
+        LOWBAND_RETURN_IF_ERROR(Checkpoint(t));
+      }
+      if (heartbeat_->shutdown_requested()) break;
+    }
+    // Every round sent is applied before the end, so all copies of g end identical.
+    LOWBAND_RETURN_IF_ERROR(ApplyDue(t, /*final=*/true));
+    if (t % o_.log_every != 0) trainer_.LogStep(t, BytesUp(), BytesDown());
+    if (o_.evaluate) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
+    if (!o_.checkpoint_dir.empty()) LOWBAND_RETURN_IF_ERROR(Checkpoint(t));
+    heartbeat_.reset();
+    exchanger_.reset();
+    if (Status s = client_->Leave("finished"); !s.ok()) spdlog::warn("leave: {}", s.ToString());
+    return WriteResult(t);
+  }
+
+ private:
+  Status Join() {
+    comm::ClientOptions copts;
+    LOWBAND_ASSIGN_OR_RETURN(client_, comm::CoordinatorClient::Connect(o_.coordinator, copts));
+    LOWBAND_ASSIGN_OR_RETURN(signature_, SignatureOf(*trainer_.model_));
+    comm::JoinParams jp{o_.run_id, o_.token, signature_, o_.worker_name, ""};
+    LOWBAND_ASSIGN_OR_RETURN(reply_, client_->Join(jp));
+    LOWBAND_ASSIGN_OR_RETURN(schedule_, comm::FragmentSchedule::Create(
+                                            reply_.inner_steps, reply_.num_fragments, reply_.overlap_steps));
+    LOWBAND_ASSIGN_OR_RETURN(layout_,
+                             comm::FragmentLayout::FromAssignment(signature_, reply_.fragment_tensors));
+    LOWBAND_ASSIGN_OR_RETURN(
+        const comm::FragmentLayout own,
+        comm::FragmentLayout::Create(signature_, {reply_.num_fragments, reply_.nonblock}));
+    LOWBAND_RETURN_IF_ERROR(own.CheckSameAs(*layout_).WithContext("fragment layout sent by the coordinator"));
+    spdlog::info("joined as worker id {}: H={} P={} tau={} alpha={} codec up {} / down {}", reply_.worker_id,
+                 reply_.inner_steps, reply_.num_fragments, reply_.overlap_steps, reply_.mixing_alpha,
+                 quant::FormatName(reply_.upload_codec.format),
+                 quant::FormatName(reply_.download_codec.format));
+
+    const uint32_t P = layout_->num_fragments();
+    g_.resize(P);
+    residual_.resize(P);
+    pending_.assign(P, Pending{});
+    next_round_ = reply_.open_rounds;
+    CopyParamsTo(*trainer_.model_, &theta_);
+    bool have_state = false;
+    if (reply_.must_seed) {
+      LOWBAND_ASSIGN_OR_RETURN(have_state, client_->SeedState(theta_));
+      if (have_state) {
+        for (uint32_t p = 0; p < P; ++p) {
+          g_[p].resize(layout_->element_count(p));
+          LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, theta_, g_[p]));
+        }
+        spdlog::info("seeded the global state ({} values)", theta_.size());
+      }
+    }
+    if (!have_state) {
+      LOWBAND_ASSIGN_OR_RETURN(comm::GlobalState state, client_->Bootstrap());
+      if (state.fragments.size() != P) return DataLoss("bootstrap carried the wrong number of fragments");
+      for (uint32_t p = 0; p < P; ++p) {
+        LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, state.fragments[p], theta_));
+        g_[p] = std::move(state.fragments[p]);
+      }
+      next_round_ = state.open_rounds;
+      LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, theta_));
+      spdlog::info("bootstrapped the global state ({} values)", theta_.size());
+    }
+    if (o_.error_feedback) {
+      for (uint32_t p = 0; p < P; ++p) residual_[p].assign(g_[p].size(), 0.0f);
+    }
+    return Status::Ok();
+  }
+
+  StatusOr<int64_t> Resume() {
+    auto extras = LoadCheckpoint(o_.checkpoint_dir, *trainer_.model_, *trainer_.optimizer_);
+    if (!extras.ok()) return extras.status().WithContext("resuming from " + o_.checkpoint_dir);
+    const int64_t step = extras->metadata.value("step", int64_t{0});
+    LOWBAND_RETURN_IF_ERROR(trainer_.data_->SeekTrain(extras->metadata.value("batches_drawn", int64_t{0})));
+    if (o_.error_feedback) {
+      for (uint32_t p = 0; p < residual_.size(); ++p) {
+        auto it = extras->vectors.find("residual." + std::to_string(p));
+        if (it != extras->vectors.end() && it->second.size() == residual_[p].size())
+          residual_[p] = it->second;
+      }
+    }
+    // The global copy comes from the coordinator (bootstrapped in Join), the authority on g.
+    spdlog::info("resumed at step {} from {}", step, o_.checkpoint_dir);
+    return step;
+  }
+
+  Status Checkpoint(int64_t step) {
+    CheckpointExtras extras;
+    for (uint32_t p = 0; p < g_.size(); ++p) {
+      extras.vectors["global." + std::to_string(p)] = g_[p];
+      if (o_.error_feedback) extras.vectors["residual." + std::to_string(p)] = residual_[p];
+    }
+    extras.metadata = {
+        {"step", step}, {"batches_drawn", trainer_.data_->TrainBatchesDrawn()}, {"algo", o_.algo}};
+    auto path = SaveCheckpoint(o_.checkpoint_dir, *trainer_.model_, *trainer_.optimizer_, extras);
+    if (!path.ok()) return path.status();
+    spdlog::info("checkpoint at step {}: {}", step, *path);
+    return Status::Ok();
+  }
+
+  Status SendDue(int64_t t) {
+    for (uint32_t p : schedule_->FragmentsDueAt(static_cast<uint64_t>(t))) {
+      if (pending_[p].active) {
+        // A deferred result still missing when the fragment is due again: it must come first.
+        LOWBAND_RETURN_IF_ERROR(Collect(p, /*block=*/true));
+      }
+      CopyParamsTo(*trainer_.model_, &theta_);
+      std::vector<float>& delta = scratch_;
+      delta.resize(g_[p].size());
+      LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, theta_, delta));
+      for (size_t i = 0; i < delta.size(); ++i) delta[i] = g_[p][i] - delta[i];
+      quant::CodecSpec spec = reply_.upload_codec;
+      const uint64_t round = next_round_[p]++;
+      spec.seed = MessageSeed(o_.seed, reply_.worker_id, p, round);
+      std::vector<uint8_t> payload;
+      if (o_.error_feedback) {
+        LOWBAND_RETURN_IF_ERROR(quant::EncodeWithFeedback(spec, delta, residual_[p], &payload)
+                                    .WithContext(fmt::format("encoding fragment {} at step {}", p, t)));
+      } else {
+        auto enc = quant::Encode(spec, delta);
+        if (!enc.ok()) return enc.status().WithContext(fmt::format("encoding fragment {} at step {}", p, t));
+        payload = std::move(*enc);
+      }
+      bytes_encoded_ += payload.size();
+      exchanger_->Send(p, round, std::move(payload));
+      pending_[p] = {true, round, t + static_cast<int64_t>(schedule_->overlap())};
+    }
+    return Status::Ok();
+  }
+
+  // Applies the results whose step has come (all of them when `final`).
+  Status ApplyDue(int64_t t, bool final) {
+    for (uint32_t p = 0; p < pending_.size(); ++p) {
+      if (!pending_[p].active || (!final && pending_[p].apply_step > t)) continue;
+      LOWBAND_RETURN_IF_ERROR(Collect(p, /*block=*/final || o_.late == "wait"));
+    }
+    return Status::Ok();
+  }
+
+  // Takes fragment p's result (blocking or not) and applies it.
+  Status Collect(uint32_t p, bool block) {
+    const Pending pend = pending_[p];
+    std::optional<StatusOr<std::vector<uint8_t>>> got;
+    if (block) {
+      const auto t0 = RunClock::Clock::now();
+      got = exchanger_->Wait(p, pend.round);
+      trainer_.stall_s_ += RunClock::Since(t0);
+    } else {
+      got = exchanger_->Poll(p, pend.round);
+      if (!got) return Status::Ok();  // deferred: applied when it arrives
+    }
+    if (!got->ok()) return got->status();
+    pending_[p].active = false;
+    // g_p -= dec(update), exactly as the coordinator did; then theta_p = alpha theta_p + (1-alpha) g_p.
+    LOWBAND_RETURN_IF_ERROR(comm::ApplyOuterUpdate(**got, g_[p], scratch_)
+                                .WithContext(fmt::format("update of fragment {} round {}", p, pend.round)));
+    CopyParamsTo(*trainer_.model_, &theta_);
+    std::vector<float>& local = scratch_;
+    local.resize(g_[p].size());
+    LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, theta_, local));
+    const float a = reply_.mixing_alpha, b = 1.0f - reply_.mixing_alpha;
+    for (size_t i = 0; i < local.size(); ++i) local[i] = a * local[i] + b * g_[p][i];
+    LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, local, theta_));
+    return CopyParamsFrom(*trainer_.model_, theta_);
+  }
+
+  Status Evaluate(int64_t step) {
+    CopyParamsTo(*trainer_.model_, &theta_);
+    std::vector<float> global = theta_;
+    for (uint32_t p = 0; p < g_.size(); ++p) LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, g_[p], global));
+    LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, global));
+    auto r = trainer_.EvaluateModel();
+    LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, theta_));
+    if (!r.ok()) return r.status();
+    trainer_.RecordEval(step, *r, BytesUp(), BytesDown());
+    return Status::Ok();
+  }
+
+  uint64_t BytesUp() const { return client_->traffic().sync_payload_bytes_sent; }
+  uint64_t BytesDown() const { return client_->traffic().sync_payload_bytes_received; }
+
+  Status WriteResult(int64_t steps_done) {
+    nlohmann::json r = trainer_.Result(o_.algo, steps_done);
+    const comm::TrafficCounters tc = client_->traffic();
+    r["worker_id"] = reply_.worker_id;
+    r["bytes_up"] = tc.sync_payload_bytes_sent;
+    r["bytes_down"] = tc.sync_payload_bytes_received;
+    r["wire_bytes_up"] = tc.sync_message_bytes_sent;
+    r["wire_bytes_down"] = tc.sync_message_bytes_received;
+    r["bootstrap_bytes"] = tc.bootstrap_payload_bytes_sent + tc.bootstrap_payload_bytes_received;
+    r["control_bytes"] = tc.control_message_bytes_sent + tc.control_message_bytes_received;
+    r["bytes_encoded"] = bytes_encoded_;
+    r["codec"] = quant::FormatName(reply_.upload_codec.format);
+    r["H"] = reply_.inner_steps;
+    r["fragments"] = reply_.num_fragments;
+    r["tau"] = reply_.overlap_steps;
+    r["alpha"] = reply_.mixing_alpha;
+    r["error_feedback"] = o_.error_feedback;
+    nlohmann::json crcs = nlohmann::json::array();
+    for (const auto& g : g_) crcs.push_back(comm::CrcOfFloats(g));
+    r["global_crc"] = crcs;
+    r["rounds_sent"] = next_round_;
+    nlohmann::json sizes = nlohmann::json::array();
+    for (uint32_t p = 0; p < layout_->num_fragments(); ++p) sizes.push_back(layout_->element_count(p));
+    r["fragment_elements"] = sizes;
+    spdlog::info("done: {} steps, final eval loss {}, up {}, down {}, stall {:.1f}s", steps_done,
+                 r["final_eval_loss"].dump(), HumanBytes(static_cast<double>(tc.sync_payload_bytes_sent)),
+                 HumanBytes(static_cast<double>(tc.sync_payload_bytes_received)), trainer_.stall_s_);
+    if (o_.result_path.empty()) return Status::Ok();
+    return WriteJsonFile(o_.result_path, r);
+  }
+
+  struct Pending {
+    bool active = false;
+    uint64_t round = 0;
+    int64_t apply_step = 0;
+  };
+
+  const EngineOptions& o_;
+  Trainer trainer_;
+  std::unique_ptr<comm::CoordinatorClient> client_;
+  comm::ModelSignature signature_;
+  comm::JoinReply reply_;
+  std::optional<comm::FragmentSchedule> schedule_;
+  std::optional<comm::FragmentLayout> layout_;
+  std::vector<std::vector<float>> g_, residual_;
+  std::vector<float> theta_, scratch_;
+  std::vector<Pending> pending_;
+  std::vector<uint64_t> next_round_;
+  uint64_t bytes_encoded_ = 0;
+  std::unique_ptr<FragmentExchanger> exchanger_;
+  std::unique_ptr<Heartbeat> heartbeat_;
+};
+
+class DdpWorker {
+ public:
+  explicit DdpWorker(const EngineOptions& o) : o_(o), trainer_(o) {}
+
+  Status Run() {
+    LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
+    LOWBAND_ASSIGN_OR_RETURN(reducer_, GradientAllReducer::Create(o_.store_address, o_.worker_index,
+                                                                  o_.num_workers, o_.collective_timeout));
+    // Every rank starts from rank 0's parameters (they are equal by seed; this makes it a fact).
+    LOWBAND_RETURN_IF_ERROR(reducer_->BroadcastParameters(*trainer_.model_));
+    if (trainer_.EvalDue(0)) LOWBAND_RETURN_IF_ERROR(Evaluate(0));
+    int64_t t = 0;
+    while (t < o_.steps) {
+      ++t;
+      const Batch batch = trainer_.data_->NextTrainBatch();
+      const auto t0 = RunClock::Clock::now();
+      LOWBAND_ASSIGN_OR_RETURN(const float loss,
+                               trainer_.optimizer_->ForwardBackward(*trainer_.model_, batch));
+      trainer_.compute_s_ += RunClock::Since(t0);
+      const auto t1 = RunClock::Clock::now();
+      LOWBAND_RETURN_IF_ERROR(reducer_->AllReduceMean(*trainer_.model_));
+      trainer_.stall_s_ += RunClock::Since(t1);
+      const auto t2 = RunClock::Clock::now();
+      LOWBAND_RETURN_IF_ERROR(trainer_.optimizer_->ApplyStep());
+      trainer_.compute_s_ += RunClock::Since(t2);
+      trainer_.Account(batch, loss);
+      if (t % o_.log_every == 0) trainer_.LogStep(t, reducer_->bytes_sent(), reducer_->bytes_received());
+      if (trainer_.EvalDue(t) && t != o_.steps) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
+    }
+    if (t % o_.log_every != 0) trainer_.LogStep(t, reducer_->bytes_sent(), reducer_->bytes_received());
+    if (o_.evaluate) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
+    nlohmann::json r = trainer_.Result("ddp", t);
+    r["bytes_up"] = reducer_->bytes_sent();
+    r["bytes_down"] = reducer_->bytes_received();
+    r["bytes_accounting"] = "ring all-reduce: 2(M-1)/M x 4 bytes x parameters per step, each way";
+    r["bootstrap_bytes"] = reducer_->broadcast_bytes();
+    r["codec"] = "fp32";
+    std::vector<float> params;
+    CopyParamsTo(*trainer_.model_, &params);
+    r["params_crc"] = comm::CrcOfFloats(params);
+    if (o_.result_path.empty()) return Status::Ok();
+    return WriteJsonFile(o_.result_path, r);
+  }
+
+ private:
+  Status Evaluate(int64_t step) {
+    auto r = trainer_.EvaluateModel();
+    if (!r.ok()) return r.status();
+    trainer_.RecordEval(step, *r, reducer_->bytes_sent(), reducer_->bytes_received());
+    return Status::Ok();
+  }
+
+  const EngineOptions& o_;
+  Trainer trainer_;
+  std::unique_ptr<GradientAllReducer> reducer_;
+};
+
+}  // namespace
+
+Status RunWorker(const EngineOptions& options) {
+  if (options.algo == "ddp") return DdpWorker(options).Run();
+  if (options.algo == "streaming" || options.algo == "diloco") return StreamingWorker(options).Run();
+  return InvalidArgument("algo must be ddp, diloco or streaming, got '" + options.algo + "'");
+}
+
+}  // namespace lowband::worker

@@ -1,0 +1,153 @@
+// Models a worker trains: a small GPT (byte- or token-level language model) and two Fashion-MNIST
+// classifiers (MLP, CNN), behind one interface the training engine uses without knowing which it has.
+//
+// Parameters are exposed by name in a stable order. Names are whole-layer names, and every parameter
+// of a repeated layer starts with "blocks.<i>." so that Streaming DiLoCo's fragment layout (block i
+// goes to fragment i mod P) can be computed from the names alone; everything else (embeddings, final
+// norm, head) has a name outside "blocks.". The flat fp32 view (CopyParamsTo/From, ParamInfo::offset)
+// concatenates the parameters in that same order; it is what the engine quantizes and exchanges.
+//
+// Initialization does not touch LibTorch's global random generator: every parameter is drawn from its
+// own generator seeded by (seed, parameter name), in double precision on the host and rounded to
+// fp32, so the same seed gives bit-identical parameters in every process, on every machine.
+//
+// Thread safety: a Model is not thread-safe; one thread trains it at a time. Lifetimes: a Model owns
+// its torch::nn::Module; tensors returned by NamedParameters() alias the live parameters (writing
+// into them changes the model) and stay valid as long as the Model does.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include "quant/status.h"
+
+namespace lowband::worker {
+
+// Which model to build and how big. Defaults are a GPT small enough to train on a 2-core CPU demo
+// (about 0.84M parameters: 4 blocks of width 128 over 256 byte tokens, context 128).
+struct ModelConfig {
+  // "gpt": decoder-only transformer language model (pre-LayerNorm, learned positions, GELU MLP).
+  // "mlp": Fashion-MNIST classifier, n_layers hidden ReLU layers of width `hidden`.
+  // "cnn": Fashion-MNIST classifier, two conv blocks (3x3 conv + ReLU + 2x2 max-pool) with
+  //        max(8, hidden/16) and twice that many channels, one ReLU layer of width `hidden`, head.
+  std::string kind = "gpt";
+  // GPT: token vocabulary size; every token id in the data must be < vocab (256 covers bytes).
+  int vocab = 256;
+  // GPT: residual stream width; must be divisible by n_heads.
+  int d_model = 128;
+  // GPT: number of transformer blocks; MLP: number of hidden layers (CNN ignores it).
+  int n_layers = 4;
+  // GPT: attention heads per block.
+  int n_heads = 4;
+  // GPT: longest sequence the model accepts (size of the learned position table); set the data's
+  // seq_len to this.
+  int context = 128;
+  // Dropout probability on attention weights and residual branches in training mode (GPT) or after
+  // hidden layers (MLP/CNN). 0 keeps training deterministic and is right for short runs.
+  double dropout = 0.0;
+  // GPT: the output head reuses the token embedding matrix (no separate "head.weight").
+  bool tie_embeddings = true;
+  // MLP: width of each hidden layer; CNN: width of the fully connected layer (channels derived).
+  int hidden = 256;
+  // MLP/CNN: number of output classes (10 for Fashion-MNIST).
+  int num_classes = 10;
+  // Where the parameters live: "cpu", "cuda" or "cuda:N" (needs a CUDA build of LibTorch). Batches
+  // may come from the CPU; the model moves them.
+  std::string device = "cpu";
+};
+
+// One minibatch. Language models: inputs and targets int64 [B, T] (targets are the inputs shifted by
+// one token). Image classifiers: inputs float [B, 1, 28, 28] (normalized), targets int64 [B].
+struct Batch {
+  torch::Tensor inputs;
+  torch::Tensor targets;
+};
+
+// Result of evaluating on a set of batches.
+struct EvalResult {
+  // Mean cross-entropy per target (token or example), in nats.
+  double loss = 0.0;
+  // Fraction of examples classified correctly (classifiers only).
+  std::optional<double> accuracy;
+  // Number of targets the means are over (tokens for language models, examples for classifiers).
+  int64_t count = 0;
+};
+
+class Model {
+ public:
+  virtual ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Mean cross-entropy of `batch` as a scalar tensor with autograd history; switches the module to
+  // training mode (dropout active) first. Throws c10::Error on malformed batches (wrong shape, token
+  // id out of range); the inner optimizer converts that into a Status.
+  virtual torch::Tensor Loss(const Batch& batch) = 0;
+
+  // Logits for `inputs` in the module's current mode, with autograd unless the caller disabled it:
+  // [B, T, vocab] for language models, [B, classes] for classifiers. Throws c10::Error on bad input.
+  virtual torch::Tensor Forward(const torch::Tensor& inputs) = 0;
+
+  // Evaluation mode and no autograd: the mean loss (and accuracy for classifiers) over all targets of
+  // `batches`. Restores the previous training/eval mode afterwards.
+  [[nodiscard]] virtual StatusOr<EvalResult> Evaluate(const std::vector<Batch>& batches) = 0;
+
+  // All trainable parameters, each once, in a stable order (see the file comment for the naming).
+  virtual std::vector<std::pair<std::string, torch::Tensor>> NamedParameters() = 0;
+
+  // The underlying module (for optimizers, train()/eval(), device moves).
+  virtual torch::nn::Module& module() = 0;
+
+  // Targets in `batch`: tokens (language models) or examples (classifiers).
+  virtual int64_t TokensPerBatch(const Batch& batch) const;
+
+  // The configuration the model was built from.
+  const ModelConfig& config() const { return config_; }
+
+ protected:
+  explicit Model(ModelConfig config) : config_(std::move(config)) {}
+
+ private:
+  ModelConfig config_;
+};
+
+// Checks `config` (kind, sizes, divisibility, device) without building anything.
+[[nodiscard]] Status ValidateModelConfig(const ModelConfig& config);
+
+// Builds and initializes a model. The same (config, seed) gives bit-identical parameters in every
+// process; different seeds give different parameters.
+[[nodiscard]] StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config, uint64_t seed);
+
+// One parameter, as it appears in the model signature and in the flat fp32 view.
+struct ParamInfo {
+  std::string name;            // e.g. "blocks.3.attn.qkv.weight"
+  std::vector<int64_t> shape;  // e.g. {384, 128}
+  std::string dtype;           // "float32"
+  int64_t numel = 0;           // product of shape
+  int64_t offset = 0;          // index of its first element in the flat fp32 view
+};
+
+// The parameters in NamedParameters order, with their place in the flat fp32 view.
+std::vector<ParamInfo> Describe(Model& model);
+
+// Total number of parameter elements (the length of the flat fp32 view).
+int64_t NumParameters(Model& model);
+
+// Copies every parameter, in NamedParameters order, into one contiguous fp32 vector (resized to
+// NumParameters). Works from any device.
+void CopyParamsTo(Model& model, std::vector<float>* flat);
+
+// Overwrites every parameter from a flat fp32 vector laid out as CopyParamsTo writes it. The tensors
+// are written in place (optimizer state stays attached). Rejects a length other than NumParameters
+// and changes nothing in that case.
+[[nodiscard]] Status CopyParamsFrom(Model& model, std::span<const float> flat);
+
+}  // namespace lowband::worker

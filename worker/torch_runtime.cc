@@ -1,0 +1,31 @@
+#include "worker/torch_runtime.h"
+
+#include <ATen/Parallel.h>
+#include <torch/types.h>
+
+namespace lowband::worker {
+
+std::string TorchErrorMessage(const c10::Error& e) {
+  // what_without_backtrace() is LibTorch's message alone; what() appends a multi-line C++ trace.
+  std::string message = e.what_without_backtrace();
+  while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
+  return message;
+}
+
+Status ConfigureTorchThreads(const TorchThreadConfig& config) {
+  if (config.intra_op_threads < 0 || config.inter_op_threads < 0) {
+    return InvalidArgument(
+        "ConfigureTorchThreads: thread counts must be >= 0 (0 = LibTorch default), got intra_op=" +
+        std::to_string(config.intra_op_threads) + " inter_op=" + std::to_string(config.inter_op_threads));
+  }
+  return GuardTorch("ConfigureTorchThreads", [&]() -> Status {
+    if (config.intra_op_threads > 0) at::set_num_threads(config.intra_op_threads);
+    if (config.inter_op_threads > 0 && at::get_num_interop_threads() != config.inter_op_threads) {
+      // Throws once the inter-op pool has started; GuardTorch turns that into a status.
+      at::set_num_interop_threads(config.inter_op_threads);
+    }
+    return Status::Ok();
+  });
+}
+
+}  // namespace lowband::worker
