@@ -28,30 +28,10 @@
 #include <vector>
 
 #include "quant/status.h"
+#include "worker/config.h"
 #include "worker/model.h"
 
 namespace lowband::worker {
-
-struct DataConfig {
-  // What to train on:
-  //   "brown"            <data_dir>/brown/brown.txt as bytes (run `lowband data prepare brown`)
-  //   "text:PATH"        any file, read as bytes (UTF-8 text works as is; vocabulary 256)
-  //   "tokens:PATH"      a flat file of little-endian uint16 token ids (vocabulary = max id + 1)
-  //   "fashion-mnist"    <data_dir>/fashion-mnist (run `lowband data prepare fashion-mnist`)
-  std::string dataset = "brown";
-  // Directory `lowband data prepare` wrote into.
-  std::string data_dir = "data";
-  // Examples (windows or images) per batch, for training and evaluation alike.
-  int batch_size = 16;
-  // Tokens per training window (language data); should equal the model's context.
-  int seq_len = 128;
-  // Token data: fraction of the tokens, taken from the end, held out for evaluation.
-  double heldout_fraction = 0.05;
-  // Number of evaluation batches built from the held-out set (fewer if it is too small). Token data:
-  // consecutive non-overlapping windows from the start of the held-out part; images: the first
-  // eval_batches * batch_size test images.
-  int eval_batches = 16;
-};
 
 // What the dataset's batches are for, so a caller can check it against the model.
 enum class TaskKind { kLanguageModel, kImageClassification };

@@ -23,30 +23,10 @@
 #include <torch/serialize/archive.h>
 
 #include "quant/status.h"
+#include "worker/config.h"
 #include "worker/model.h"
 
 namespace lowband::worker {
-
-struct InnerOptimizerConfig {
-  // Peak learning rate, reached at the end of warmup (1e-3 suits the small default GPT).
-  double lr = 1e-3;
-  // AdamW moment decay rates; beta2 0.95 is the usual choice for transformer LMs (steadier than 0.999).
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  // AdamW denominator epsilon.
-  double eps = 1e-8;
-  // Decoupled weight decay (per unit of lr), on matrices and embeddings only.
-  double weight_decay = 0.1;
-  // Updates of linear warmup from lr/warmup_steps to lr; 0 starts at the peak.
-  int64_t warmup_steps = 50;
-  // Update at which the cosine reaches min_lr (the planned length of training); the rate stays at
-  // min_lr after it.
-  int64_t total_steps = 1000;
-  // min_lr = lr * min_lr_ratio.
-  double min_lr_ratio = 0.1;
-  // Largest global L2 norm of the gradients; larger gradients are scaled down to it. <= 0 disables.
-  double grad_clip = 1.0;
-};
 
 // Checks ranges (lr > 0, betas in [0, 1), total_steps > warmup_steps >= 0, ...).
 [[nodiscard]] Status ValidateInnerOptimizerConfig(const InnerOptimizerConfig& config);

@@ -28,41 +28,9 @@
 #include <torch/types.h>
 
 #include "quant/status.h"
+#include "worker/config.h"
 
 namespace lowband::worker {
-
-// Which model to build and how big. Defaults are a GPT small enough to train on a 2-core CPU demo
-// (about 0.84M parameters: 4 blocks of width 128 over 256 byte tokens, context 128).
-struct ModelConfig {
-  // "gpt": decoder-only transformer language model (pre-LayerNorm, learned positions, GELU MLP).
-  // "mlp": Fashion-MNIST classifier, n_layers hidden ReLU layers of width `hidden`.
-  // "cnn": Fashion-MNIST classifier, two conv blocks (3x3 conv + ReLU + 2x2 max-pool) with
-  //        max(8, hidden/16) and twice that many channels, one ReLU layer of width `hidden`, head.
-  std::string kind = "gpt";
-  // GPT: token vocabulary size; every token id in the data must be < vocab (256 covers bytes).
-  int vocab = 256;
-  // GPT: residual stream width; must be divisible by n_heads.
-  int d_model = 128;
-  // GPT: number of transformer blocks; MLP: number of hidden layers (CNN ignores it).
-  int n_layers = 4;
-  // GPT: attention heads per block.
-  int n_heads = 4;
-  // GPT: longest sequence the model accepts (size of the learned position table); set the data's
-  // seq_len to this.
-  int context = 128;
-  // Dropout probability on attention weights and residual branches in training mode (GPT) or after
-  // hidden layers (MLP/CNN). 0 keeps training deterministic and is right for short runs.
-  double dropout = 0.0;
-  // GPT: the output head reuses the token embedding matrix (no separate "head.weight").
-  bool tie_embeddings = true;
-  // MLP: width of each hidden layer; CNN: width of the fully connected layer (channels derived).
-  int hidden = 256;
-  // MLP/CNN: number of output classes (10 for Fashion-MNIST).
-  int num_classes = 10;
-  // Where the parameters live: "cpu", "cuda" or "cuda:N" (needs a CUDA build of LibTorch). Batches
-  // may come from the CPU; the model moves them.
-  std::string device = "cpu";
-};
 
 // One minibatch. Language models: inputs and targets int64 [B, T] (targets are the inputs shifted by
 // one token). Image classifiers: inputs float [B, 1, 28, 28] (normalized), targets int64 [B].
