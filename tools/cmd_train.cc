@@ -271,6 +271,12 @@ void RegisterTraining(CLI::App& app) {
     cmd->add_option("--out", o->out, "Run directory")->capture_default_str();
     cmd->add_option("--progress-seconds", o->progress_seconds,
                     "Progress line interval when not on a terminal");
+    cmd->add_option("--checkpoint-every", o->checkpoint_every,
+                    "Worker checkpoints every N steps (and at the end)");
+    cmd->add_flag(
+        "--resume", o->resume,
+        "Resume every worker from its latest checkpoint in RUN/checkpoints (a fresh coordinator is seeded "
+        "with the checkpointed global state)");
     cmd->callback([flags, o] {
       RunConfig c = Resolve(*flags);
       if (c.run.name == "run") c.run.name = std::filesystem::path(o->out).filename().string();

@@ -335,6 +335,7 @@ std::shared_ptr<ConfigFlags> AddConfigFlags(CLI::App* app) {
     auto* opt = app->add_option(names, flags->values[b.info.key],
                                 b.info.help + " [" + b.info.key + ", default " + b.get(defaults) + "]");
     opt->group("Config (any key, also in the YAML file)");
+    opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides an earlier one
     flags->options.emplace_back(b.info.key, opt);
   }
   return flags;

@@ -294,7 +294,9 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
     spdlog::info("coordinator listening on {}", endpoint);
   }
   for (int i = 0; i < o.workers; ++i) {
-    std::vector<std::string> args{"worker", "--worker-id", std::to_string(i)};
+    std::vector<std::string> args{"worker", "--worker-id", std::to_string(i), "--checkpoint-every",
+                                  std::to_string(o.checkpoint_every)};
+    if (o.resume) args.push_back("--resume");
     args.insert(args.end(), common.begin(), common.end());
     if (config.algo == "ddp") {
       args.insert(args.end(), {"--ddp-store", endpoint});

@@ -21,6 +21,9 @@ struct LaunchOptions {
   std::string self;
   // Progress line every N seconds (and on every change when stdout is a terminal).
   double progress_seconds = 5;
+  // Worker checkpoints every N steps (0: only at the end), and resuming from them.
+  int64_t checkpoint_every = 0;
+  bool resume = false;
   // Give up when no worker makes progress for this long.
   double stuck_seconds = 900;
 };

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -227,11 +228,12 @@ class StreamingWorker {
 
   Status Run() {
     LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
-    LOWBAND_RETURN_IF_ERROR(Join());
     int64_t start = 0;
     if (o_.resume) {
       LOWBAND_ASSIGN_OR_RETURN(start, Resume());
     }
+    LOWBAND_RETURN_IF_ERROR(Join());
+    LOWBAND_RETURN_IF_ERROR(WaitForPeers());
     exchanger_ = std::make_unique<FragmentExchanger>(client_.get(), o_.update_timeout);
     heartbeat_ = std::make_unique<Heartbeat>(client_.get(), reply_.heartbeat_interval);
     if (start == 0 && trainer_.EvalDue(0)) LOWBAND_RETURN_IF_ERROR(Evaluate(0));
@@ -288,57 +290,91 @@ class StreamingWorker {
     pending_.assign(P, Pending{});
     next_round_ = reply_.open_rounds;
     CopyParamsTo(*trainer_.model_, &theta_);
+    // A fresh run seeds g with the initial parameters; a resumed one with its checkpointed g.
+    const std::vector<float>& seed = resumed_global_.empty() ? theta_ : resumed_global_;
     bool have_state = false;
     if (reply_.must_seed) {
-      LOWBAND_ASSIGN_OR_RETURN(have_state, client_->SeedState(theta_));
+      LOWBAND_ASSIGN_OR_RETURN(have_state, client_->SeedState(seed));
       if (have_state) {
         for (uint32_t p = 0; p < P; ++p) {
           g_[p].resize(layout_->element_count(p));
-          LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, theta_, g_[p]));
+          LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, seed, g_[p]));
         }
-        spdlog::info("seeded the global state ({} values)", theta_.size());
+        spdlog::info("seeded the global state ({} values)", seed.size());
       }
     }
     if (!have_state) {
       LOWBAND_ASSIGN_OR_RETURN(comm::GlobalState state, client_->Bootstrap());
       if (state.fragments.size() != P) return DataLoss("bootstrap carried the wrong number of fragments");
       for (uint32_t p = 0; p < P; ++p) {
-        LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, state.fragments[p], theta_));
+        if (resumed_global_.empty()) LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, state.fragments[p], theta_));
         g_[p] = std::move(state.fragments[p]);
       }
       next_round_ = state.open_rounds;
-      LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, theta_));
+      // A resumed worker keeps its own replica (theta) and takes only g from the coordinator.
+      if (resumed_global_.empty()) LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, theta_));
       spdlog::info("bootstrapped the global state ({} values)", theta_.size());
     }
-    if (o_.error_feedback) {
-      for (uint32_t p = 0; p < P; ++p) residual_[p].assign(g_[p].size(), 0.0f);
+    for (uint32_t p = 0; p < P; ++p) {
+      auto it = resumed_residuals_.find(p);
+      if (o_.error_feedback) {
+        residual_[p] = it != resumed_residuals_.end() && it->second.size() == g_[p].size()
+                           ? std::move(it->second)
+                           : std::vector<float>(g_[p].size(), 0.0f);
+      }
     }
     return Status::Ok();
   }
 
+  // A run starts when all its workers are members: a round closes once every *live* member has
+  // contributed, so a worker that joined late would find its first rounds already closed.
+  Status WaitForPeers() {
+    if (o_.num_workers <= 1) return Status::Ok();
+    const auto deadline = RunClock::Clock::now() + o_.start_timeout;
+    bool logged = false;
+    for (;;) {
+      auto r = client_->Heartbeat({0, 0.0f, 0});
+      if (!r.ok()) return r.status().WithContext("waiting for the other workers to join");
+      if (r->live_members >= static_cast<uint32_t>(o_.num_workers)) break;
+      if (RunClock::Clock::now() > deadline) {
+        return DeadlineExceeded(
+            fmt::format("only {} of {} workers joined within {} s; start the others (same "
+                        "--workers) or lower --workers",
+                        r->live_members, o_.num_workers, o_.start_timeout.count() / 1000));
+      }
+      if (!logged) spdlog::info("waiting for {} workers ({} joined)", o_.num_workers, r->live_members);
+      logged = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return Status::Ok();
+  }
+
+  // Loads the latest checkpoint (replica, AdamW state, data position, global copy, residuals).
   StatusOr<int64_t> Resume() {
     auto extras = LoadCheckpoint(o_.checkpoint_dir, *trainer_.model_, *trainer_.optimizer_);
     if (!extras.ok()) return extras.status().WithContext("resuming from " + o_.checkpoint_dir);
     const int64_t step = extras->metadata.value("step", int64_t{0});
     LOWBAND_RETURN_IF_ERROR(trainer_.data_->SeekTrain(extras->metadata.value("batches_drawn", int64_t{0})));
-    if (o_.error_feedback) {
-      for (uint32_t p = 0; p < residual_.size(); ++p) {
-        auto it = extras->vectors.find("residual." + std::to_string(p));
-        if (it != extras->vectors.end() && it->second.size() == residual_[p].size())
-          residual_[p] = it->second;
-      }
+    auto g = extras->vectors.find("global");
+    if (g == extras->vectors.end())
+      return DataLoss("checkpoint in " + o_.checkpoint_dir + " has no global copy");
+    resumed_global_ = std::move(g->second);
+    for (auto& [name, v] : extras->vectors) {
+      if (name.rfind("residual.", 0) == 0) resumed_residuals_[std::stoul(name.substr(9))] = std::move(v);
     }
-    // The global copy comes from the coordinator (bootstrapped in Join), the authority on g.
-    spdlog::info("resumed at step {} from {}", step, o_.checkpoint_dir);
+    spdlog::info("resuming at step {} from {}", step, o_.checkpoint_dir);
     return step;
   }
 
   Status Checkpoint(int64_t step) {
     CheckpointExtras extras;
+    // g in signature order (one vector, so a resumed run may use another fragment layout).
+    std::vector<float> global(theta_.size());
     for (uint32_t p = 0; p < g_.size(); ++p) {
-      extras.vectors["global." + std::to_string(p)] = g_[p];
+      LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, g_[p], global));
       if (o_.error_feedback) extras.vectors["residual." + std::to_string(p)] = residual_[p];
     }
+    extras.vectors["global"] = std::move(global);
     extras.metadata = {
         {"step", step}, {"batches_drawn", trainer_.data_->TrainBatchesDrawn()}, {"algo", o_.algo}};
     auto path = SaveCheckpoint(o_.checkpoint_dir, *trainer_.model_, *trainer_.optimizer_, extras);
@@ -474,6 +510,8 @@ class StreamingWorker {
   std::optional<comm::FragmentLayout> layout_;
   std::vector<std::vector<float>> g_, residual_;
   std::vector<float> theta_, scratch_;
+  std::vector<float> resumed_global_;  // from the checkpoint, when resuming
+  std::map<uint32_t, std::vector<float>> resumed_residuals_;
   std::vector<Pending> pending_;
   std::vector<uint64_t> next_round_;
   uint64_t bytes_encoded_ = 0;

@@ -46,6 +46,8 @@ struct EngineOptions {
   bool error_feedback = false;
   // "wait" or "defer".
   std::string late = "wait";
+  // Training starts once num_workers workers have joined; give up after this long.
+  std::chrono::milliseconds start_timeout{300'000};
   // How long to wait for a round to close before giving up.
   std::chrono::milliseconds update_timeout{600'000};
 

@@ -10,7 +10,7 @@ shift || true
 BIN=${LOWBAND:-build/tools/lowband}
 [ -x "$BIN" ] || { echo "build first: cmake -S . -B build -G Ninja && cmake --build build" >&2; exit 1; }
 "$BIN" data prepare brown --data-dir data
-COMMON=(--config configs/brown-gpt.yaml --workers 4 "$@")
+COMMON=(--config configs/exp-brown.yaml --workers 4 "$@")
 run() {
   local name=$1; shift
   echo "=== $name"

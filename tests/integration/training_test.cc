@@ -149,6 +149,25 @@ TEST_F(TrainingTest, WorkerWithAnotherModelIsRefusedWithAClearError) {
   EXPECT_NE(text.find("signature"), std::string::npos) << text;
 }
 
+TEST_F(TrainingTest, WorkersResumeFromCheckpointsAndKeepLearning) {
+  int rc = 0;
+  const std::string first = Launch("resume", "--steps 24 --checkpoint-every 8", &rc);
+  ASSERT_EQ(rc, 0) << first;
+  const double loss_at_24 = ReadJson(first + "/summary.json")["final_eval_loss"].get<double>();
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(fs::exists(fmt::format("{}/checkpoints/worker-{}/LATEST", first, i)));
+  // Same run directory, twice the steps: every worker continues from step 24 with its replica,
+  // its AdamW state and its data position; a fresh coordinator is seeded with the saved g.
+  const std::string second = Launch("resume", "--steps 48 --resume", &rc);
+  ASSERT_EQ(rc, 0) << second;
+  const auto s = ReadJson(second + "/summary.json");
+  EXPECT_TRUE(s["global_state_identical"].get<bool>());
+  EXPECT_EQ(s["eval_curve"].front()["step"].get<int>(), 48) << "the resumed run must not start over";
+  EXPECT_LT(s["final_eval_loss"].get<double>(), loss_at_24);
+  const auto log = Shell(fmt::format("grep -c 'resuming at step 24' {}/logs/worker-1.log", second));
+  EXPECT_EQ(log.second.substr(0, 1), "1") << log.second;
+}
+
 TEST_F(TrainingTest, BadFlagsAndMissingFilesGetClearErrors) {
   auto [rc1, t1] = Shell(Bin() + " launch --workers 2 --algo sgd --out /tmp/x");
   EXPECT_NE(rc1, 0);
