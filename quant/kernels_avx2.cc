@@ -132,12 +132,14 @@ inline __m256 Lookup16(__m256 lo8, __m256 hi8, __m256i idx) {
   return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
-// NF4 without 15 compares: q in [-1, 1] falls in bucket f(q) = trunc(q * 16 + 16) (clamped to
-// 31). Buckets are 1/16 wide and NF4's thresholds are at least 0.08 apart, so a bucket holds at
+// NF4 without 15 compares: q in [-1, 1] falls in bucket f(q) = trunc(q * 15.99 + 16) in 0..31.
+// Buckets are 1/15.99 wide and NF4's thresholds are at least 0.08 apart, so a bucket holds at
 // most one threshold; f is monotone, so every threshold in an earlier bucket is below q and every
 // one in a later bucket above it. code = (thresholds in earlier buckets) + (q > the next threshold),
 // which is exactly the scalar reference's count of thresholds below q.
-inline int Nf4Bucket(float q) { return std::min(static_cast<int>(q * 16.0f + 16.0f), 31); }
+// The multiplier 15.99 (not 16) keeps q = 1 (and 1 + an ulp) in bucket 31 without a clamp.
+constexpr float kNf4BucketScale = 15.99f;
+inline int Nf4Bucket(float q) { return static_cast<int>(q * kNf4BucketScale + 16.0f); }
 const std::array<uint8_t, 32>& Nf4Buckets() {
   static const std::array<uint8_t, 32> table = [] {
     const auto& t = Traits(Format::kNf4);
@@ -261,9 +263,8 @@ inline __m256i Codes8(const FormatTraits& t, const QuantConsts& c, const BlockCo
       // No clamp to [-1, 1] needed here: scales are rounded up, so q overshoots by at most an ulp;
       // such a q lands in bucket 0 or 31 and gets the clamped q's code (0 or 15).
       const __m256 q = _mm256_mul_ps(x, bc.inv);
-      const __m256i bucket = _mm256_min_epi32(
-          _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(q, _mm256_set1_ps(16.0f)), _mm256_set1_ps(16.0f))),
-          _mm256_set1_epi32(31));
+      const __m256i bucket = _mm256_cvttps_epi32(
+          _mm256_add_ps(_mm256_mul_ps(q, _mm256_set1_ps(kNf4BucketScale)), _mm256_set1_ps(16.0f)));
       const __m256i lo = _mm256_shuffle_epi8(c.nf4_bucket_lo, bucket);
       const __m256i hi = _mm256_shuffle_epi8(c.nf4_bucket_hi, bucket);
       const __m256i base =
