@@ -221,11 +221,15 @@ std::string SummaryTable(const nlohmann::json& s) {
   out += fmt::format("  {:<26} {}\n", "run", s.value("name", ""));
   out += fmt::format("  {:<26} {} ({} workers, codec {})\n", "algorithm", s.value("algo", ""),
                      s.value("workers", 0), s.value("codec", ""));
-  out += fmt::format("  {:<26} {} steps, {} tokens\n", "trained", s.value("steps", 0),
-                     s.value("tokens", uint64_t{0}));
+  const bool classifier = s.value("model", "gpt") != "gpt";
+  out += fmt::format("  {:<26} {} steps, {} {}\n", "trained", s.value("steps", 0),
+                     s.value("tokens", uint64_t{0}), classifier ? "examples" : "tokens");
   out +=
       fmt::format("  {:<26} {}\n", "final held-out loss",
                   s["final_eval_loss"].is_number() ? fmt::format("{:.4f}", num("final_eval_loss")) : "n/a");
+  if (s.contains("final_eval_accuracy") && s["final_eval_accuracy"].is_number()) {
+    out += fmt::format("  {:<26} {:.2f} %\n", "final held-out accuracy", 100 * num("final_eval_accuracy"));
+  }
   out += fmt::format("  {:<26} {} (up {}, down {})\n", "bytes per worker", comm::HumanBytes(mean_bytes),
                      comm::HumanBytes(num("bytes_up") / std::max(1, s.value("workers", 1))),
                      comm::HumanBytes(num("bytes_down") / std::max(1, s.value("workers", 1))));
