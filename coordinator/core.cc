@@ -548,9 +548,9 @@ StatusOr<std::optional<PushResult>> CoordinatorCore::CheckRoundLocked(Member& me
                           round, fragment, fs.open_round, fs.contributors.size(), ExpectedLocked(fragment))));
 }
 
-StatusOr<PushResult> CoordinatorCore::CheckPush(const WorkerKey& key, uint32_t fragment, uint64_t round,
-                                                uint64_t payload_bytes) {
-  std::lock_guard<std::mutex> lock(mu_);
+// The checks every push passes before its round or payload is looked at: a known member, an
+// existing fragment, a seeded global state. Refusals are counted against the member.
+StatusOr<CoordinatorCore::Member*> CoordinatorCore::AdmitPushLocked(const WorkerKey& key, uint32_t fragment) {
   LOWBAND_ASSIGN_OR_RETURN(Member * m, AuthenticateLocked(key, "PushFragment"));
   if (Status s = CheckFragmentLocked(fragment); !s.ok()) {
     return RefuseLocked(m, s);
@@ -559,6 +559,13 @@ StatusOr<PushResult> CoordinatorCore::CheckPush(const WorkerKey& key, uint32_t f
     return RefuseLocked(m, FailedPrecondition("PushFragment: the global state is not seeded yet; Bootstrap "
                                               "before training"));
   }
+  return m;
+}
+
+StatusOr<PushResult> CoordinatorCore::CheckPush(const WorkerKey& key, uint32_t fragment, uint64_t round,
+                                                uint64_t payload_bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  LOWBAND_ASSIGN_OR_RETURN(Member * m, AdmitPushLocked(key, fragment));
   const uint64_t expected = quant::EncodedSize(options_.upload_codec, fragments_[fragment]->elements);
   if (payload_bytes != expected) {
     return RefuseLocked(
@@ -625,14 +632,7 @@ StatusOr<PushResult> CoordinatorCore::Push(const WorkerKey& key, uint32_t fragme
                                            std::span<const uint8_t> payload) {
   Notifications notes;
   std::lock_guard<std::mutex> lock(mu_);
-  LOWBAND_ASSIGN_OR_RETURN(Member * m, AuthenticateLocked(key, "PushFragment"));
-  if (Status s = CheckFragmentLocked(fragment); !s.ok()) {
-    return RefuseLocked(m, s);
-  }
-  if (!seeded_) {
-    return RefuseLocked(m, FailedPrecondition("PushFragment: the global state is not seeded yet; Bootstrap "
-                                              "before training"));
-  }
+  LOWBAND_ASSIGN_OR_RETURN(Member * m, AdmitPushLocked(key, fragment));
   counters_.sync_bytes_in += payload.size();
   worker_stats_[m->id].sync_bytes_in += payload.size();
   LOWBAND_ASSIGN_OR_RETURN(std::optional<PushResult> dup, CheckRoundLocked(*m, fragment, round));

@@ -329,6 +329,7 @@ class CoordinatorCore {
   SteadyTime Now() const { return clock_->Now(); }
   // Returns the live member for `key`, or the refusal (counted).
   StatusOr<Member*> AuthenticateLocked(const WorkerKey& key, const char* call);
+  StatusOr<Member*> AdmitPushLocked(const WorkerKey& key, uint32_t fragment);
   Status RefuseLocked(Member* member, Status status);
   Status SetSignatureLocked(const comm::ModelSignature& signature);
   Status CheckFragmentLocked(uint32_t fragment) const;

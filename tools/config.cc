@@ -135,7 +135,7 @@ const std::vector<Binding>& Bindings() {
                {"--error-feedback"}),
       LB_FIELD("codec.download", codec.download, "download codec: same | a format name"),
       LB_FIELD("coordinator.quorum", coordinator.quorum,
-               "contributors to close a round at its deadline (0 = all)"),
+               "contributions that close a round at its deadline (all live members close it at once)"),
       LB_FIELD("coordinator.round_timeout_s", coordinator.round_timeout_s, "round deadline in seconds"),
       LB_FIELD("coordinator.heartbeat_timeout_s", coordinator.heartbeat_timeout_s, "member liveness timeout"),
   };

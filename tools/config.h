@@ -64,8 +64,10 @@ struct CodecConfig {
 };
 
 struct CoordinatorSection {
-  // Minimum contributors to close a round at its deadline (0 = every live member).
-  int quorum = 0;
+  // A round closes as soon as every live member has contributed; at its deadline (round_timeout_s
+  // after its first contribution) it closes with at least this many contributions (0 is read as 1).
+  // Dead members leave the count when their heartbeats stop (heartbeat_timeout_s).
+  int quorum = 1;
   // A round closes at this deadline with a quorum, even if live members are missing.
   double round_timeout_s = 600;
   // A member silent for this long is dropped.
