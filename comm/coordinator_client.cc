@@ -351,6 +351,7 @@ StatusOr<HeartbeatReply> CoordinatorClient::Heartbeat(const HeartbeatInfo& info)
   req.set_step(info.step);
   req.set_last_loss(info.last_loss);
   req.set_tokens(info.tokens);
+  req.set_ready(info.ready);
   req.set_bytes_sent(d.sync_payload_sent.load() + d.bootstrap_payload_sent.load());
   req.set_bytes_received(d.sync_payload_received.load() + d.bootstrap_payload_received.load());
   v1::HeartbeatReply rep;
@@ -371,6 +372,7 @@ StatusOr<HeartbeatReply> CoordinatorClient::Heartbeat(const HeartbeatInfo& info)
   r.open_rounds.assign(rep.open_rounds().begin(), rep.open_rounds().end());
   r.live_members = rep.live_members();
   r.seeded = rep.seeded();
+  r.ready_members = rep.ready_members();
   return r;
 }
 

@@ -105,6 +105,7 @@ struct HeartbeatInfo {
   uint64_t step = 0;
   float last_loss = 0.0f;
   uint64_t tokens = 0;
+  bool ready = false;  // holds the global state, waiting at the start barrier
 };
 
 struct HeartbeatReply {
@@ -113,6 +114,7 @@ struct HeartbeatReply {
   std::vector<uint64_t> open_rounds;
   uint32_t live_members = 0;
   bool seeded = false;
+  uint32_t ready_members = 0;
 };
 
 struct PushReply {

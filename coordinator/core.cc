@@ -71,6 +71,7 @@ struct CoordinatorCore::Member {
   uint64_t session = 0;
   uint64_t nonce = 0;
   bool live = true;
+  bool ready = false;  // said ready in a heartbeat (start barrier)
   SteadyTime last_seen;
   // Per fragment: the first round that waits for this member.
   std::vector<uint64_t> expected_from;
@@ -406,6 +407,10 @@ StatusOr<HeartbeatResult> CoordinatorCore::Heartbeat(const HeartbeatInfo& info) 
   r.open_rounds = OpenRoundsLocked();
   r.live_members = LiveMembersLocked();
   r.seeded = seeded_;
+  m->ready = m->ready || info.ready;
+  for (const auto& [id, member] : members_) {
+    r.ready_members += (member->live && member->ready) ? 1 : 0;
+  }
   return r;
 }
 

@@ -152,6 +152,8 @@ struct HeartbeatInfo {
   uint64_t tokens = 0;
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
+  // The worker holds the global state and waits for the others to start (the start barrier).
+  bool ready = false;
 };
 
 struct HeartbeatResult {
@@ -160,6 +162,8 @@ struct HeartbeatResult {
   std::vector<uint64_t> open_rounds;
   uint32_t live_members = 0;
   bool seeded = false;
+  // Live members that have said ready (HeartbeatInfo::ready) since they joined.
+  uint32_t ready_members = 0;
 };
 
 struct PushResult {

@@ -397,6 +397,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
     info.tokens = request->tokens();
     info.bytes_sent = request->bytes_sent();
     info.bytes_received = request->bytes_received();
+    info.ready = request->ready();
     StatusOr<HeartbeatResult> r = core_.Heartbeat(info);
     if (r.ok()) {
       reply->set_action(r->shutdown ? v1::HeartbeatReply::SHUTDOWN : v1::HeartbeatReply::CONTINUE);
@@ -406,6 +407,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
       }
       reply->set_live_members(r->live_members);
       reply->set_seeded(r->seeded);
+      reply->set_ready_members(r->ready_members);
     }
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     reactor->Finish(GrpcError(r.status()));

@@ -38,7 +38,8 @@ Log lines go to stderr; stdout carries only the report path, or the JSON table w
 
 Examples:
   lowband report runs/streaming-fp4
-  lowband report runs/ddp runs/diloco runs/streaming-fp4 --out reports/codecs --title "Codecs at 100 Mbit/s")";
+  lowband report runs/ddp runs/diloco runs/streaming-fp4 --out reports/codecs --title "Codecs at 100 Mbit/s"
+  lowband report runs/lab/* --simulate --out runs/lab/report     (measured vs simulated utilization))";
 
 struct ReportArgs {
   std::vector<std::string> runs;
@@ -66,6 +67,9 @@ void RegisterReport(CLI::App& app) {
   cmd->add_option("--gnuplot", args->options.gnuplot, "gnuplot executable (looked up on PATH)")
       ->capture_default_str();
   cmd->add_flag("--no-plots", args->no_plots, "Write the gnuplot scripts and data but do not run gnuplot");
+  cmd->add_flag("--simulate", args->options.simulate,
+                "Run the simulator for every run over a shaped link with its measured step time and payload "
+                "sizes: a measured-vs-simulated table and simulated curves in the utilization plot");
   cmd->add_option(
          "--smooth", args->options.smooth,
          "Training-loss moving-average window in logged steps (0: about 1/20 of the points; 1: none)")

@@ -56,6 +56,15 @@ struct CoordinatorFlags {
 };
 
 #if defined(LOWBAND_HAVE_GRPC)
+// Element count of every fragment (what each sync of it carries), for summary.json and the simulator.
+nlohmann::json FragmentElements(const coordinator::CoordinatorCore& core) {
+  nlohmann::json out = nlohmann::json::array();
+  if (auto layout = core.layout()) {
+    for (uint32_t p = 0; p < layout->num_fragments(); ++p) out.push_back(layout->element_count(p));
+  }
+  return out;
+}
+
 void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   coordinator::CoordinatorOptions co;
   co.run_id = c.run.id;
@@ -148,6 +157,7 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
                       {"bootstrap_bytes_in", counters.bootstrap_bytes_in},
                       {"bootstrap_bytes_out", counters.bootstrap_bytes_out},
                       {"global_crc", (*core)->GlobalStateCrc()},
+                      {"fragment_elements", FragmentElements(**core)},
                       {"wall_seconds", clock.Elapsed()}};
   if (!f.out.empty()) Check(comm::WriteJsonFile(f.out + "/metrics/coordinator-result.json", r));
   spdlog::info("coordinator done: {} rounds, {} contributions, {} late pushes refused",
@@ -277,6 +287,20 @@ void RegisterTraining(CLI::App& app) {
         "--resume", o->resume,
         "Resume every worker from its latest checkpoint in RUN/checkpoints (a fresh coordinator is seeded "
         "with the checkpointed global state)");
+    auto* link = cmd->add_option_group("links", "Shaped links (docs/link-shaper.md, docs/bandwidth-lab.md)");
+    link->add_option(
+        "--link-rate", o->link_rate,
+        "Put a `lowband link` shaper in front of the coordinator for each worker, with this rate "
+        "each way (100mbit, 1gbit, 10mbps = megabytes/s)");
+    link->add_option("--link-latency", o->link_latency, "One-way latency each way (20ms)");
+    link->add_option("--link-jitter", o->link_jitter, "Uniform jitter added to the latency (2ms)");
+    link->add_option("--link-up-rate", o->link_up_rate, "Worker -> coordinator rate (overrides --link-rate)");
+    link->add_option("--link-down-rate", o->link_down_rate,
+                     "Coordinator -> worker rate (overrides --link-rate)");
+    link->add_option(
+        "--netns", o->netns,
+        "Run inside deploy/netns-lab.sh's namespaces PREFIX-coord, PREFIX-w<i> (set by the script)");
+    link->add_option("--netns-rate", o->netns_rate, "The tc tbf rate the lab set (recorded in summary.json)");
     cmd->callback([flags, o] {
       RunConfig c = Resolve(*flags);
       if (c.run.name == "run") c.run.name = std::filesystem::path(o->out).filename().string();

@@ -21,5 +21,7 @@ void RegisterBench(CLI::App& app);
 void RegisterTraining(CLI::App& app);
 void RegisterData(CLI::App& app);
 void RegisterReport(CLI::App& app);
+void RegisterLink(CLI::App& app);
+void RegisterSimulate(CLI::App& app);
 
 }  // namespace lowband::tools

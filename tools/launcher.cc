@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "comm/link_shaper.h"
 #include "comm/metrics.h"
 
 extern char** environ;
@@ -42,22 +43,26 @@ struct Child {
   int status = 0;
 };
 
+// Starts `self args...` with stdout+stderr into `log`; inside network namespace `netns` (through
+// `ip netns exec`) when it is not empty.
 StatusOr<Child> Spawn(const std::string& name, const std::string& self, const std::vector<std::string>& args,
-                      const std::string& log) {
+                      const std::string& log, const std::string& netns = "") {
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
   posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  std::vector<std::string> all{self};
+  std::vector<std::string> all;
+  if (!netns.empty()) all = {"ip", "netns", "exec", netns};
+  all.push_back(self);
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : all) argv.push_back(a.data());
   argv.push_back(nullptr);
   Child c{name, -1, log};
-  const int rc = posix_spawn(&c.pid, self.c_str(), &fa, nullptr, argv.data(), environ);
+  const int rc = posix_spawnp(&c.pid, all[0].c_str(), &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) return Unavailable(fmt::format("cannot start {} ({}): {}", name, self, std::strerror(rc)));
+  if (rc != 0) return Unavailable(fmt::format("cannot start {} ({}): {}", name, all[0], std::strerror(rc)));
   return c;
 }
 
@@ -160,6 +165,7 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
   s["workers"] = workers;
   s["steps"] = config.steps;
   s["codec"] = config.algo == "ddp" ? "fp32" : config.codec.format;
+  s["codec_block"] = config.codec.block;
   s["H"] = config.diloco.H;
   s["fragments"] = config.diloco.fragments;
   s["tau"] = config.diloco.tau;
@@ -170,6 +176,7 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
   uint64_t tokens = 0, up = 0, down = 0, boot = 0;
   double compute = 0, stall = 0, util = 0;
   nlohmann::json per_worker = nlohmann::json::array(), crcs = nlohmann::json::array();
+  nlohmann::json worker_steps = nlohmann::json::array();
   for (int i = 0; i < workers; ++i) {
     LOWBAND_ASSIGN_OR_RETURN(nlohmann::json r,
                              ReadJson(fmt::format("{}/metrics/worker-{}-result.json", run_dir, i)));
@@ -181,6 +188,8 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
     boot += r.value("bootstrap_bytes", uint64_t{0});
     compute += r.value("compute_seconds", 0.0);
     stall += r.value("stall_seconds", 0.0);
+    const double worker_steps_done = r.value("steps", 0.0);
+    worker_steps.push_back(worker_steps_done > 0 ? r.value("compute_seconds", 0.0) / worker_steps_done : 0.0);
     util += r.value("compute_utilization", 0.0);
     if (r.contains("global_crc")) crcs.push_back(r["global_crc"]);
     if (i == 0) {
@@ -200,10 +209,17 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
   s["compute_seconds"] = compute / workers;
   s["stall_seconds"] = stall / workers;
   s["compute_utilization"] = util / workers;
+  // Mean compute time of one inner step (forward, backward, optimizer): the simulator's step time.
+  const double steps_done = s["steps"].is_number() ? s["steps"].get<double>() : 0.0;
+  s["step_seconds"] = steps_done > 0 ? compute / workers / steps_done : 0.0;
+  // Per worker: workers sharing a machine's cores run at different speeds, and a round waits for
+  // the slowest (the simulator takes these as step-time factors).
+  s["worker_step_seconds"] = worker_steps;
   if (config.algo != "ddp") {
     auto coord = ReadJson(run_dir + "/metrics/coordinator-result.json");
     if (coord.ok()) {
       s["coordinator"] = *coord;
+      if (coord->contains("fragment_elements")) s["fragment_elements"] = (*coord)["fragment_elements"];
       bool same = !crcs.empty();
       for (const auto& c : crcs) same = same && c == (*coord)["global_crc"];
       s["global_state_identical"] = same;
@@ -244,19 +260,131 @@ std::string SummaryTable(const nlohmann::json& s) {
   return out;
 }
 
+std::string NetnsCoordinatorIp() { return "10.77.0.1"; }
+std::string NetnsWorkerIp(int worker) { return fmt::format("10.77.0.{}", 10 + worker); }
+
+namespace {
+
+bool HasLink(const LaunchOptions& o) {
+  return !o.link_rate.empty() || !o.link_latency.empty() || !o.link_jitter.empty() ||
+         !o.link_up_rate.empty() || !o.link_down_rate.empty();
+}
+
+// Waits for a child to write its port into `port_file`.
+StatusOr<int> WaitForPort(const std::string& port_file, std::vector<Child>& children, const std::string& what,
+                          const std::string& log) {
+  for (int i = 0; i < 300 && !fs::exists(port_file); ++i) {
+    if (auto failed = Reap(children)) {
+      return Unavailable(fmt::format("{} exited at start ({}); its log:\n{}", failed->name,
+                                     Describe(failed->status), Tail(failed->log, 20)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::ifstream pf(port_file);
+  int port = 0;
+  pf >> port;
+  if (port <= 0)
+    return Unavailable(fmt::format("{} did not report its port within 30 s (see {})", what, log));
+  return port;
+}
+
+// summary.json's "link": the configured link and what each worker's shaper counted.
+StatusOr<nlohmann::json> LinkSummary(const LaunchOptions& o) {
+  nlohmann::json link;
+  if (!o.netns.empty()) {
+    link["kind"] = HasLink(o) ? "netns-tbf+shaper" : "netns-tbf";
+    if (!o.netns_rate.empty()) {
+      LOWBAND_ASSIGN_OR_RETURN(const double rate, comm::ParseRate(o.netns_rate));
+      link["rate_mbit"] = rate / 1e6;
+    }
+  } else {
+    link["kind"] = "shaper";
+  }
+  auto set_rate = [&](const std::string& text, const char* key) -> Status {
+    if (text.empty()) return Status::Ok();
+    LOWBAND_ASSIGN_OR_RETURN(const double rate, comm::ParseRate(text));
+    link[key] = rate / 1e6;
+    return Status::Ok();
+  };
+  LOWBAND_RETURN_IF_ERROR(set_rate(o.link_rate, "rate_mbit"));
+  LOWBAND_RETURN_IF_ERROR(set_rate(o.link_up_rate, "up_rate_mbit"));
+  LOWBAND_RETURN_IF_ERROR(set_rate(o.link_down_rate, "down_rate_mbit"));
+  if (!link.contains("rate_mbit") && link.contains("up_rate_mbit")) link["rate_mbit"] = link["up_rate_mbit"];
+  link["latency_ms"] = 0.0;
+  if (!o.link_latency.empty()) {
+    LOWBAND_ASSIGN_OR_RETURN(const double latency, comm::ParseDuration(o.link_latency));
+    link["latency_ms"] = latency * 1e3;
+  }
+  if (!o.link_jitter.empty()) {
+    LOWBAND_ASSIGN_OR_RETURN(const double jitter, comm::ParseDuration(o.link_jitter));
+    link["jitter_ms"] = jitter * 1e3;
+  }
+  if (HasLink(o)) {
+    nlohmann::json shapers = nlohmann::json::array();
+    for (int i = 0; i < o.workers; ++i) {
+      auto stats = ReadJson(fmt::format("{}/links/worker-{}.json", o.out, i));
+      shapers.push_back(stats.ok() ? *stats : nlohmann::json(nullptr));
+    }
+    link["shapers"] = shapers;
+  }
+  return link;
+}
+
+}  // namespace
+
 StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o) {
   if (o.workers < 1) return InvalidArgument("--workers must be at least 1");
+  const bool ddp = config.algo == "ddp";
+  const bool shaped = HasLink(o);
+  if (ddp && shaped) {
+    return InvalidArgument(
+        "--link-* options shape the worker-coordinator links, but ddp's all-reduce runs rank to rank "
+        "through Gloo and never passes the coordinator: shape ddp with deploy/netns-lab.sh --rate R "
+        "(kernel tbf on every host's link)");
+  }
+  // Checked before anything starts, so a typo does not cost a run.
+  LOWBAND_RETURN_IF_ERROR(LinkSummary(o).status());
   std::error_code ec;
   fs::create_directories(o.out + "/metrics", ec);
   fs::create_directories(o.out + "/logs", ec);
+  if (shaped) fs::create_directories(o.out + "/links", ec);
   if (ec) return Unavailable("cannot create run directory '" + o.out + "': " + ec.message());
   const std::string config_path = o.out + "/config.yaml";
   LOWBAND_RETURN_IF_ERROR(WriteYaml(config, config_path));
   for (const auto& entry : fs::directory_iterator(o.out + "/metrics")) fs::remove(entry.path(), ec);
+  const bool lab = !o.netns.empty();
+  const std::string coord_ns = lab ? o.netns + "-coord" : "";
+  auto worker_ns = [&](int i) { return lab ? fmt::format("{}-w{}", o.netns, i) : std::string(); };
+  // Gloo binds its device to this interface inside each namespace (the lab's hosts have eth0).
+  if (lab) ::setenv("GLOO_SOCKET_IFNAME", "eth0", 1);
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::vector<Child> children;
+  std::optional<size_t> coordinator_child;
+  std::vector<size_t> worker_children, shaper_children;
+  auto stop = [&](std::vector<size_t> which) {
+    for (size_t i : which) {
+      if (!children[i].done) ::kill(children[i].pid, SIGTERM);
+    }
+    for (int t = 0; t < 100; ++t) {
+      bool all = true;
+      for (size_t i : which) {
+        if (!children[i].done && ::waitpid(children[i].pid, &children[i].status, WNOHANG) == children[i].pid)
+          children[i].done = true;
+        all = all && children[i].done;
+      }
+      if (all) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    for (size_t i : which) {
+      if (!children[i].done) {
+        ::kill(children[i].pid, SIGKILL);
+        ::waitpid(children[i].pid, &children[i].status, 0);
+        children[i].done = true;
+      }
+    }
+  };
   auto fail = [&](Status s) {
     KillAll(children, SIGTERM);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -270,45 +398,66 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> common{"--config", config_path, "--workers", std::to_string(o.workers),
                                   "--out",    o.out};
-  std::string endpoint;
-  if (config.algo == "ddp") {
-    endpoint = fmt::format("127.0.0.1:{}", FreePort());
+  // What worker i connects to: the ddp store, the coordinator, or its own shaper in front of it.
+  std::vector<std::string> endpoints(o.workers);
+  if (ddp) {
+    const std::string store =
+        lab ? fmt::format("{}:29500", NetnsWorkerIp(0)) : fmt::format("127.0.0.1:{}", FreePort());
+    std::fill(endpoints.begin(), endpoints.end(), store);
   } else {
+    const std::string host = lab ? NetnsCoordinatorIp() : "127.0.0.1";
     const std::string port_file = o.out + "/coordinator.port";
     fs::remove(port_file, ec);
-    std::vector<std::string> args{"coordinator", "--listen", "127.0.0.1:0",
+    std::vector<std::string> args{"coordinator", "--listen", lab ? "0.0.0.0:0" : "127.0.0.1:0",
                                   "--port-file", port_file,  "--exit-when-done"};
     args.insert(args.end(), common.begin(), common.end());
-    LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn("coordinator", o.self, args, o.out + "/logs/coordinator.log"));
+    const std::string log = o.out + "/logs/coordinator.log";
+    LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn("coordinator", o.self, args, log, coord_ns));
+    coordinator_child = children.size();
     children.push_back(c);
-    for (int i = 0; i < 300 && !fs::exists(port_file); ++i) {
-      if (auto failed = Reap(children)) {
-        return fail(Unavailable(fmt::format("the coordinator exited at start ({}); its log:\n{}",
-                                            Describe(failed->status), Tail(failed->log, 20))));
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto port = WaitForPort(port_file, children, "the coordinator", log);
+    if (!port.ok()) return fail(port.status());
+    const std::string coordinator = fmt::format("{}:{}", host, *port);
+    spdlog::info("coordinator listening on {}", coordinator);
+    std::fill(endpoints.begin(), endpoints.end(), coordinator);
+    for (int i = 0; shaped && i < o.workers; ++i) {
+      const std::string shaper_port = fmt::format("{}/links/worker-{}.port", o.out, i);
+      fs::remove(shaper_port, ec);
+      std::vector<std::string> la{
+          "link",       "--listen",     host + ":0",
+          "--upstream", coordinator,    "--port-file",
+          shaper_port,  "--stats-json", fmt::format("{}/links/worker-{}.json", o.out, i)};
+      auto add = [&](const char* flag, const std::string& v) {
+        if (!v.empty()) la.insert(la.end(), {flag, v});
+      };
+      add("--rate", o.link_rate);
+      add("--latency", o.link_latency);
+      add("--jitter", o.link_jitter);
+      add("--up-rate", o.link_up_rate);
+      add("--down-rate", o.link_down_rate);
+      const std::string slog = fmt::format("{}/logs/link-{}.log", o.out, i);
+      LOWBAND_ASSIGN_OR_RETURN(Child sc, Spawn(fmt::format("link shaper {}", i), o.self, la, slog, coord_ns));
+      shaper_children.push_back(children.size());
+      children.push_back(sc);
+      auto sp = WaitForPort(shaper_port, children, fmt::format("the link shaper of worker {}", i), slog);
+      if (!sp.ok()) return fail(sp.status());
+      endpoints[i] = fmt::format("{}:{}", host, *sp);
     }
-    std::ifstream pf(port_file);
-    int port = 0;
-    pf >> port;
-    if (port <= 0)
-      return fail(Unavailable("the coordinator did not report its port within 30 s (see " + o.out +
-                              "/logs/coordinator.log)"));
-    endpoint = fmt::format("127.0.0.1:{}", port);
-    spdlog::info("coordinator listening on {}", endpoint);
+    if (shaped) {
+      spdlog::info("{} link shapers up (rate {}, latency {}); worker 0 connects through {}", o.workers,
+                   o.link_rate.empty() ? "unlimited" : o.link_rate,
+                   o.link_latency.empty() ? "0" : o.link_latency, endpoints[0]);
+    }
   }
   for (int i = 0; i < o.workers; ++i) {
     std::vector<std::string> args{"worker", "--worker-id", std::to_string(i), "--checkpoint-every",
                                   std::to_string(o.checkpoint_every)};
     if (o.resume) args.push_back("--resume");
     args.insert(args.end(), common.begin(), common.end());
-    if (config.algo == "ddp") {
-      args.insert(args.end(), {"--ddp-store", endpoint});
-    } else {
-      args.insert(args.end(), {"--coordinator", endpoint});
-    }
+    args.insert(args.end(), {ddp ? "--ddp-store" : "--coordinator", endpoints[i]});
     LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn(fmt::format("worker {}", i), o.self, args,
-                                            fmt::format("{}/logs/worker-{}.log", o.out, i)));
+                                            fmt::format("{}/logs/worker-{}.log", o.out, i), worker_ns(i)));
+    worker_children.push_back(children.size());
     children.push_back(c);
   }
   spdlog::info("{} {} workers started; logs in {}/logs, metrics in {}/metrics", o.workers, config.algo, o.out,
@@ -321,7 +470,6 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   const bool tty = ::isatty(STDOUT_FILENO);
   double last_print = -1e9, last_progress_time = 0;
   int64_t last_min_step = -1;
-  const size_t first_worker = config.algo == "ddp" ? 0 : 1;
   for (;;) {
     if (g_interrupted) return fail(Aborted("interrupted: stopped every process of the run"));
     if (auto failed = Reap(children)) {
@@ -329,7 +477,7 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
                                        Describe(failed->status), failed->log, Tail(failed->log, 25))));
     }
     bool workers_done = true;
-    for (size_t i = first_worker; i < children.size(); ++i) workers_done = workers_done && children[i].done;
+    for (size_t i : worker_children) workers_done = workers_done && children[i].done;
     for (int i = 0; i < o.workers; ++i) {
       for (auto& rec : followers[i].Poll()) {
         if (rec.value("event", "") == "step") last[i] = rec;
@@ -378,16 +526,18 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   if (tty) fmt::print("\n");
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // The coordinator leaves by itself once every worker has left; give it a moment, then ask.
-  for (int i = 0; i < 100 && first_worker == 1 && !children[0].done; ++i) {
-    Reap(children);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (coordinator_child) {
+    for (int i = 0; i < 100 && !children[*coordinator_child].done; ++i) {
+      Reap(children);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    stop({*coordinator_child});
   }
-  if (first_worker == 1 && !children[0].done) {
-    ::kill(children[0].pid, SIGTERM);
-    ::waitpid(children[0].pid, nullptr, 0);
-    children[0].done = true;
-  }
+  stop(shaper_children);  // they write their final stats on SIGTERM
   LOWBAND_ASSIGN_OR_RETURN(nlohmann::json summary, Summarize(o.out, config, o.workers, wall));
+  if (shaped || lab) {
+    LOWBAND_ASSIGN_OR_RETURN(summary["link"], LinkSummary(o));
+  }
   LOWBAND_RETURN_IF_ERROR(comm::WriteJsonFile(o.out + "/summary.json", summary));
   return summary;
 }

@@ -26,7 +26,29 @@ struct LaunchOptions {
   bool resume = false;
   // Give up when no worker makes progress for this long.
   double stuck_seconds = 900;
+
+  // Shaped links (`lowband link`, docs/link-shaper.md): when link_rate or link_latency is set, one
+  // shaper process per worker sits between that worker and the coordinator, so every worker has a
+  // link of its own. Rates as `lowband link --rate` ("100mbit", "1gbit"), durations "20ms". The
+  // up/down values override link_rate for one direction. Not for ddp (Gloo connects rank to rank):
+  // shape ddp with deploy/netns-lab.sh.
+  std::string link_rate;
+  std::string link_latency;
+  std::string link_jitter;
+  std::string link_up_rate;
+  std::string link_down_rate;
+
+  // Network-namespace lab (deploy/netns-lab.sh builds it): run the coordinator in namespace
+  // NETNS-coord at 10.77.0.1 and worker i in NETNS-w<i> at 10.77.0.<10+i>, each host reaching the
+  // others through its own eth0 (rate-limited by the script with tc tbf). netns_rate only records
+  // the rate the script set, for summary.json.
+  std::string netns;
+  std::string netns_rate;
 };
+
+// The addresses of deploy/netns-lab.sh's hosts.
+std::string NetnsCoordinatorIp();
+std::string NetnsWorkerIp(int worker);
 
 StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& options);
 

@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   lowband::tools::RegisterTraining(app);
   lowband::tools::RegisterData(app);
   lowband::tools::RegisterReport(app);
+  lowband::tools::RegisterLink(app);
+  lowband::tools::RegisterSimulate(app);
 
   try {
     app.parse(argc, argv);

@@ -269,7 +269,27 @@ Status ParseSummary(const fs::path& file, const json& s, RunData* run) {
     LinkInfo info;
     LOWBAND_RETURN_IF_ERROR(r.Number(*link, "rate_mbit", "link.rate_mbit", &info.rate_mbit));
     LOWBAND_RETURN_IF_ERROR(r.Number(*link, "latency_ms", "link.latency_ms", &info.latency_ms));
+    LOWBAND_RETURN_IF_ERROR(r.String(*link, "kind", "link.kind", &info.kind));
     run->link = info;
+  }
+  LOWBAND_RETURN_IF_ERROR(r.Number(s, "step_seconds", "step_seconds", &run->step_seconds));
+  LOWBAND_RETURN_IF_ERROR(r.Integer(s, "parameters", "parameters", &run->parameters));
+  LOWBAND_RETURN_IF_ERROR(r.Integer(s, "codec_block", "codec_block", &run->codec_block));
+  if (const json* ws = FieldReader::Find(s, "worker_step_seconds"); ws != nullptr && ws->is_array()) {
+    for (const json& e : *ws) {
+      if (!e.is_number()) {
+        return r.WrongType("worker_step_seconds", "an array of seconds", *ws);
+      }
+      run->worker_step_seconds.push_back(e.get<double>());
+    }
+  }
+  if (const json* fe = FieldReader::Find(s, "fragment_elements"); fe != nullptr && fe->is_array()) {
+    for (const json& e : *fe) {
+      if (!e.is_number_unsigned()) {
+        return r.WrongType("fragment_elements", "an array of element counts", *fe);
+      }
+      run->fragment_elements.push_back(e.get<uint64_t>());
+    }
   }
   return Status::Ok();
 }
@@ -794,6 +814,7 @@ struct PlotInputs {
   const std::vector<RunData>& runs;
   const std::vector<std::string>& slugs;  // data file stems, one per run
   bool alpha = true;                      // the terminal draws transparent colours
+  bool simulate = false;                  // draw the simulator's curves in the utilization plot
 };
 
 Plot EvalVsStep(const PlotInputs& in) {
@@ -964,7 +985,7 @@ Plot BytesPerWorker(const PlotInputs& in, std::string* data) {
 }
 
 // Only when at least two runs carry a link and their rates differ.
-std::optional<Plot> UtilizationVsBandwidth(const PlotInputs& in, std::string* data) {
+std::optional<Plot> UtilizationVsBandwidth(const PlotInputs& in, std::string* data, std::string* sim_data) {
   std::set<double> rates;
   for (const RunData& run : in.runs) {
     if (run.link && run.link->rate_mbit && run.compute_utilization) {
@@ -1004,6 +1025,40 @@ std::optional<Plot> UtilizationVsBandwidth(const PlotInputs& in, std::string* da
         "\"utilization_vs_bandwidth.dat\" index {} using 1:2:3 with labels offset char 1,0.6 left notitle",
         block));
     ++block;
+  }
+  if (in.simulate) {
+    // The simulator's curve for each series: the settings and measured step time of its run with the
+    // median step time, over the whole rate axis.
+    const double lo = *rates.begin() / 1.5, hi = *rates.rbegin() * 6;
+    std::string sim = "# rate_mbit simulated_utilization; one block per (algo, codec), same order\n";
+    size_t sim_block = 0, color = 0;
+    for (auto& [label, indices] : series) {
+      std::vector<size_t> by_step = indices;
+      std::sort(by_step.begin(), by_step.end(), [&](size_t a, size_t b) {
+        return in.runs[a].step_seconds.value_or(0) < in.runs[b].step_seconds.value_or(0);
+      });
+      const RunData& rep = in.runs[by_step[by_step.size() / 2]];
+      std::string curve;
+      for (int k = 0; k <= 60; ++k) {
+        const double rate = lo * std::pow(hi / lo, k / 60.0);
+        auto point = SimulateRun(rep, rate);
+        if (!point.ok()) {
+          curve.clear();
+          break;
+        }
+        curve += fmt::format("{:.6g} {:.6g}\n", rate, point->utilization);
+      }
+      if (!curve.empty()) {
+        sim += fmt::format("# {} (simulated with the settings of {})\n{}\n\n", label, rep.name, curve);
+        items.push_back(fmt::format(
+            "\"utilization_vs_bandwidth.sim.dat\" index {} using 1:2 with lines dt 2 lw 2 lc {} title {}",
+            sim_block, Color(color), GpString(label + " (simulated)")));
+        ++sim_block;
+      }
+      ++color;
+    }
+    *data += "\n# simulated curves: utilization_vs_bandwidth.sim.dat\n";
+    *sim_data = std::move(sim);
   }
   // Room on the right for the run-name labels.
   p.body = fmt::format(
@@ -1100,6 +1155,31 @@ std::string Markdown(const std::string& title, const std::vector<RunData>& runs,
   }
   md +=
       " Compute utilization is summary.json's `compute_utilization` (inner compute time over wall time).\n\n";
+
+  if (std::any_of(runs.begin(), runs.end(), [](const RunData& r) { return r.simulated.has_value(); })) {
+    md +=
+        "## Measured vs simulated utilization\n\n| run | algo | codec | link | step time | measured | "
+        "simulated | difference | relative |\n|---|---|---|---|--:|--:|--:|--:|--:|\n";
+    for (const RunData& r : runs) {
+      if (!r.simulated || !r.compute_utilization) continue;
+      const double m = *r.compute_utilization, p = r.simulated->utilization;
+      std::string step = fmt::format("{:.1f} ms", r.simulated->step_seconds * 1e3);
+      if (r.simulated->per_worker_steps) {
+        const auto [lo, hi] = std::minmax_element(r.worker_step_seconds.begin(), r.worker_step_seconds.end());
+        step += fmt::format(" ({:.1f}..{:.1f})", *lo * 1e3, *hi * 1e3);
+      }
+      md += fmt::format("| {} | {} | {} | {} | {} | {:.1f}% | {:.1f}% | {:+.1f} pt | {:+.1f}% |\n",
+                        Md(r.name), Md(r.algo), r.codec.empty() ? std::string(kDash) : Md(r.codec),
+                        LinkCell(r), step, m * 100, p * 100, (p - m) * 100, m > 0 ? (p / m - 1) * 100 : 0.0);
+    }
+    md +=
+        "\nThe simulator (`lowband simulate`, docs/simulator.md) ran each run's algorithm, workers, H, "
+        "fragments, tau and codec with the run's measured step time (`step_seconds`: mean compute of one "
+        "inner step; each worker with its own, shown in brackets, when the run recorded them: workers "
+        "sharing cores run at different speeds and every round waits for the slowest) and fragment sizes, "
+        "over the run's link: its rate (for tc tbf links the payload share 1448/1514 of it) and latency. "
+        "Relative = simulated / measured - 1.\n\n";
+  }
 
   const bool any_accuracy = std::any_of(runs.begin(), runs.end(),
                                         [](const RunData& r) { return r.final_eval_accuracy.has_value(); });
@@ -1260,6 +1340,9 @@ nlohmann::json ComparisonTable(const std::vector<RunData>& runs) {
         {"compute_utilization", opt(r.compute_utilization)},
         {"stall_seconds", opt(r.stall_seconds)},
         {"link_rate_mbit", r.link ? opt(r.link->rate_mbit) : json(nullptr)},
+        {"link_latency_ms", r.link ? opt(r.link->latency_ms) : json(nullptr)},
+        {"step_seconds", opt(r.step_seconds)},
+        {"simulated_utilization", r.simulated ? json(r.simulated->utilization) : json(nullptr)},
         {"bad_metrics_lines", r.bad_metrics_lines},
     });
   }
@@ -1312,17 +1395,31 @@ StatusOr<ReportResult> WriteReport(const ReportOptions& options) {
   }
 
   const Gnuplot gnuplot = ProbeGnuplot(options.gnuplot, plots_dir, options.gnuplot_timeout_seconds);
-  const PlotInputs in{runs, slugs, gnuplot.terminal == "pngcairo"};
+  if (options.simulate) {
+    for (RunData& run : runs) {
+      if (!run.link) continue;
+      auto simulated = SimulateRun(run);
+      if (simulated.ok()) {
+        run.simulated = *simulated;
+      } else {
+        spdlog::warn("report: {}", simulated.status().message());
+      }
+    }
+  }
+  const PlotInputs in{runs, slugs, gnuplot.terminal == "pngcairo", options.simulate};
   std::vector<Plot> plots = {EvalVsStep(in), EvalVsBytes(in), EvalVsWall(in), TrainVsStep(in)};
   std::string bytes_data;
   plots.push_back(BytesPerWorker(in, &bytes_data));
   if (!bytes_data.empty()) {
     LOWBAND_RETURN_IF_ERROR(WriteFile(plots_dir / "bytes_per_worker.dat", bytes_data));
   }
-  std::string util_data;
-  if (auto util = UtilizationVsBandwidth(in, &util_data)) {
+  std::string util_data, util_sim_data;
+  if (auto util = UtilizationVsBandwidth(in, &util_data, &util_sim_data)) {
     plots.push_back(std::move(*util));
     LOWBAND_RETURN_IF_ERROR(WriteFile(plots_dir / "utilization_vs_bandwidth.dat", util_data));
+    if (!util_sim_data.empty()) {
+      LOWBAND_RETURN_IF_ERROR(WriteFile(plots_dir / "utilization_vs_bandwidth.sim.dat", util_sim_data));
+    }
   }
 
   if (!gnuplot.usable) {

@@ -45,6 +45,18 @@ struct TrainPoint {
 struct LinkInfo {
   std::optional<double> rate_mbit;
   std::optional<double> latency_ms;
+  // "shaper" (`lowband link` per worker: the rate counts payload bytes), "netns-tbf" or
+  // "netns-tbf+shaper" (deploy/netns-lab.sh: tc tbf counts Ethernet frames); empty when absent.
+  std::string kind;
+};
+
+// What the simulator (sim/) predicts for a run's settings over its link, and the inputs it used.
+struct SimulatedRun {
+  double utilization = 0;          // simulator's compute_utilization over the run's steps
+  double effective_rate_mbit = 0;  // the payload rate the simulator was given
+  double latency_ms = 0;
+  double step_seconds = 0;
+  bool per_worker_steps = false;  // each worker simulated with its own measured step time
 };
 
 // The coordinator's counters: summary.json "coordinator" (rounds_closed, contributions, late_pushes,
@@ -75,6 +87,12 @@ struct RunData {
   std::optional<LinkInfo> link;  // absent or null: no shaped link
   std::optional<double> final_eval_accuracy;
   std::optional<bool> global_state_identical;  // every worker's global copy has the coordinator's CRC
+  // Simulator inputs measured by the run (summary.json; absent in runs older than the lab).
+  std::optional<double> step_seconds;       // mean compute seconds of one inner step
+  std::vector<double> worker_step_seconds;  // the same per worker
+  std::optional<int64_t> parameters, codec_block;
+  std::vector<uint64_t> fragment_elements;  // elements per fragment (coordinator's layout)
+  std::optional<SimulatedRun> simulated;    // filled by WriteReport with ReportOptions::simulate
 
   // From metrics/.
   std::vector<TrainPoint> train_loss;  // sorted by step
@@ -107,6 +125,9 @@ struct ReportOptions {
   // Training-loss smoothing: centered moving average over this many logged steps; 0: about 1/20 of
   // the points (at most 201); 1: no smoothing.
   int smooth = 0;
+  // Run the simulator (sim/) for every run over a shaped link, with the run's measured step time and
+  // payload sizes: a measured-vs-simulated table, and simulated curves in the utilization plot.
+  bool simulate = false;
 };
 
 struct ReportResult {
@@ -128,6 +149,13 @@ StatusOr<ReportResult> WriteReport(const ReportOptions& options);
 // final_eval_loss, bytes_per_worker_mean, bytes_ratio_to_ddp, wall_seconds, compute_utilization,
 // stall_seconds, link_rate_mbit, bad_metrics_lines}, ...]}; absent values are null.
 nlohmann::json ComparisonTable(const std::vector<RunData>& runs);
+
+// The simulation of `run` (algo, workers, H, fragments, tau, codec, measured step time and fragment
+// sizes) over a link of `rate_mbit` (the link's rate when nullopt) and its latency. The payload rate
+// given to the simulator is the link's rate for a shaper, and rate x 1448/1514 for tc tbf (which
+// counts each full 1514-byte Ethernet frame carrying 1448 payload bytes). FailedPrecondition when the
+// run lacks what the simulator needs (a link rate, step_seconds, parameters).
+StatusOr<SimulatedRun> SimulateRun(const RunData& run, std::optional<double> rate_mbit = std::nullopt);
 
 // "0 B", "512 B", "1.5 KiB", "12.3 MiB", "4.00 GiB".
 std::string HumanBytes(double bytes);

@@ -1,5 +1,7 @@
 #include "worker/ddp.h"
 
+#include <cstdlib>
+
 #include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -52,7 +54,13 @@ StatusOr<std::unique_ptr<GradientAllReducer>> GradientAllReducer::Create(const s
     so.timeout = timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(host, so);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    // Like torchrun: GLOO_SOCKET_IFNAME names the interface Gloo binds to (deploy/netns-lab.sh sets it,
+    // each namespace reaching the others through its own eth0); otherwise the store's host, which is
+    // right when every rank runs on one machine.
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    opts->devices.push_back(ifname != nullptr && *ifname != '\0'
+                                ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+                                : c10d::ProcessGroupGloo::createDeviceForHostname(host));
     impl->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, rank, size, opts);
   } catch (const std::exception& e) {
     return Unavailable(

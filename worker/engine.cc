@@ -148,6 +148,7 @@ class Trainer {
         {"compute_seconds", compute_s_},
         {"stall_seconds", stall_s_},
         {"eval_seconds", eval_s_},
+        {"setup_seconds", setup_s_},
         {"compute_utilization", busy > 0 ? compute_s_ / busy : 0.0},
         {"eval_curve", curve_},
         {"final_eval_loss", final_eval_ ? nlohmann::json(final_eval_->loss) : nlohmann::json(nullptr)},
@@ -158,13 +159,21 @@ class Trainer {
 
   bool EvalDue(int64_t step) const { return o_.evaluate && step % o_.eval_every == 0; }
 
+  // Training starts now: the clock restarts, so wall time and utilization cover training only
+  // (model set-up, join, bootstrap download and the start barrier are reported as setup_seconds).
+  void BeginTraining() {
+    setup_s_ = clock_.Elapsed();
+    clock_ = RunClock();
+    last_log_wall_ = 0;
+  }
+
   const EngineOptions& o_;
   RunClock clock_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Dataset> data_;
   std::unique_ptr<InnerOptimizer> optimizer_;
   MetricsLog metrics_;
-  double compute_s_ = 0, stall_s_ = 0, eval_s_ = 0, last_log_wall_ = 0;
+  double compute_s_ = 0, stall_s_ = 0, eval_s_ = 0, last_log_wall_ = 0, setup_s_ = 0;
   int64_t tokens_ = 0, last_log_tokens_ = 0;
   double loss_sum_ = 0;
   int64_t loss_n_ = 0;
@@ -236,6 +245,7 @@ class StreamingWorker {
     LOWBAND_RETURN_IF_ERROR(WaitForPeers());
     exchanger_ = std::make_unique<FragmentExchanger>(client_.get(), o_.update_timeout);
     heartbeat_ = std::make_unique<Heartbeat>(client_.get(), reply_.heartbeat_interval);
+    trainer_.BeginTraining();
     if (start == 0 && trainer_.EvalDue(0)) LOWBAND_RETURN_IF_ERROR(Evaluate(0));
 
     int64_t t = start;
@@ -326,16 +336,18 @@ class StreamingWorker {
     return Status::Ok();
   }
 
-  // A run starts when all its workers are members: a round closes once every *live* member has
-  // contributed, so a worker that joined late would find its first rounds already closed.
+  // A run starts when all its workers are members and ready (joined and holding the global
+  // state): a round closes once every *live* member has contributed, so a worker that joined late
+  // would find its first rounds already closed, and one still downloading its bootstrap would
+  // make the first round wait for it while the others stall.
   Status WaitForPeers() {
     if (o_.num_workers <= 1) return Status::Ok();
     const auto deadline = RunClock::Clock::now() + o_.start_timeout;
     bool logged = false;
     for (;;) {
-      auto r = client_->Heartbeat({0, 0.0f, 0});
+      auto r = client_->Heartbeat({0, 0.0f, 0, /*ready=*/true});
       if (!r.ok()) return r.status().WithContext("waiting for the other workers to join");
-      if (r->live_members >= static_cast<uint32_t>(o_.num_workers)) break;
+      if (r->ready_members >= static_cast<uint32_t>(o_.num_workers)) break;
       if (RunClock::Clock::now() > deadline) {
         return DeadlineExceeded(
             fmt::format("only {} of {} workers joined within {} s; start the others (same "
@@ -529,6 +541,7 @@ class DdpWorker {
                                                                   o_.num_workers, o_.collective_timeout));
     // Every rank starts from rank 0's parameters (they are equal by seed; this makes it a fact).
     LOWBAND_RETURN_IF_ERROR(reducer_->BroadcastParameters(*trainer_.model_));
+    trainer_.BeginTraining();
     if (trainer_.EvalDue(0)) LOWBAND_RETURN_IF_ERROR(Evaluate(0));
     int64_t t = 0;
     while (t < o_.steps) {

@@ -617,6 +617,31 @@ TEST_F(CoreTest, HeartbeatCarriesShutdownAndProgress) {
   EXPECT_EQ(core_->workers()[0].reported_bytes_received, 20u);
 }
 
+// The start barrier: ready_members counts live members that said ready, and only those; it stays
+// counted in later heartbeats that do not repeat it, and a member that leaves stops counting.
+TEST_F(CoreTest, ReadyMembersCountsOnlyLiveMembersThatSaidReady) {
+  Start(BaseOptions());
+  JoinAndSeed(3);
+  auto hb = core_->Heartbeat({keys_[0]});
+  ASSERT_TRUE(hb.ok());
+  EXPECT_EQ(hb->live_members, 3u);
+  EXPECT_EQ(hb->ready_members, 0u);
+  HeartbeatInfo ready{keys_[1]};
+  ready.ready = true;
+  hb = core_->Heartbeat(ready);
+  ASSERT_TRUE(hb.ok());
+  EXPECT_EQ(hb->ready_members, 1u);
+  ready.key = keys_[2];
+  ASSERT_TRUE(core_->Heartbeat(ready).ok());
+  hb = core_->Heartbeat({keys_[1]});  // not repeated: still ready
+  ASSERT_TRUE(hb.ok());
+  EXPECT_EQ(hb->ready_members, 2u);
+  ASSERT_TRUE(core_->Leave(keys_[2]).ok());
+  hb = core_->Heartbeat({keys_[0]});
+  ASSERT_TRUE(hb.ok());
+  EXPECT_EQ(hb->ready_members, 1u);
+}
+
 TEST_F(CoreTest, SignatureFromOptionsIsEnforcedAndOptionsAreValidated) {
   auto o = BaseOptions();
   o.signature = TestSignature();
