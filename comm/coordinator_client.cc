@@ -1,6 +1,7 @@
 #include "comm/coordinator_client.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -438,9 +439,10 @@ StatusOr<std::vector<uint8_t>> CoordinatorClient::GetUpdate(uint32_t fragment, u
   *req.mutable_caller() = caller;
   req.set_fragment(fragment);
   req.set_round(round);
+  req.set_wait_ms(static_cast<uint32_t>(std::clamp<int64_t>(timeout.count(), 1, INT32_MAX)));
   std::vector<uint8_t> payload;
   const std::string what = fmt::format("GetUpdate(fragment {}, round {})", fragment, round);
-  const Status call = d.Call(what, timeout, [&](grpc::ClientContext& ctx) {
+  const Status call = d.Call(what, timeout + d.options.update_deadline, [&](grpc::ClientContext& ctx) {
     d.CountMessage(Traffic::kSync, true, req);
     auto reader = d.stub->GetUpdate(&ctx, req);
     v1::UpdateMessage m;

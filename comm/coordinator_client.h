@@ -57,6 +57,9 @@ struct ClientOptions {
   std::chrono::milliseconds bootstrap_deadline{600'000};
   // One contribution upload.
   std::chrono::milliseconds push_deadline{120'000};
+  // The transfer of one update once its round has closed (GetUpdate's wait for the round is
+  // separate: its `timeout`).
+  std::chrono::milliseconds update_deadline{120'000};
   RetryPolicy retry;
   // Chunk size for uploads; the coordinator's JoinReply::max_chunk_bytes caps it.
   uint32_t max_chunk_bytes = 1u << 20;
@@ -157,7 +160,8 @@ class CoordinatorClient {
   // Uploads one encoded contribution (a quant payload) to round `round` of `fragment`.
   StatusOr<PushReply> PushFragment(uint32_t fragment, uint64_t round, std::span<const uint8_t> payload);
   // The encoded outer update of round `round` of `fragment`, waiting up to `timeout` for the round
-  // to close (DEADLINE_EXCEEDED after that).
+  // to close (DEADLINE_EXCEEDED after that: ask again); the transfer itself may then take up to
+  // ClientOptions::update_deadline, so a slow link never cuts a transfer short.
   StatusOr<std::vector<uint8_t>> GetUpdate(uint32_t fragment, uint64_t round,
                                            std::chrono::milliseconds timeout);
   Status Leave(const std::string& reason = "");

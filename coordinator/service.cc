@@ -1,6 +1,8 @@
 #include "coordinator/service.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -10,6 +12,8 @@
 #include "comm/outer_update.h"
 #include "comm/wire.h"
 #include "proto/lowband.grpc.pb.h"
+
+#include <grpcpp/alarm.h>
 
 namespace lowband::coordinator {
 namespace {
@@ -238,12 +242,28 @@ class PushReader final : public grpc::ServerReadReactor<v1::PushMessage> {
 // OnCancel withdraws the wait (CancelWait returns true) and finishes. gRPC invokes OnCancel only
 // after the handler returned, by which time wait_id_ is set.
 
+// With wait_ms > 0 an alarm ends the wait for the round (not the transfer) after wait_ms: like
+// OnCancel it withdraws the wait, and only if CancelWait wins does it finish the call. The alarm's
+// callback always runs (on expiry, or with ok = false once OnDone cancels it), so the reactor is
+// deleted by whichever of OnDone and that callback comes last.
 class UpdateWriter final : public grpc::ServerWriteReactor<v1::UpdateMessage> {
  public:
   UpdateWriter(CoordinatorCore& core, const ServiceOptions& options, const v1::GetUpdateRequest& request)
-      : core_(core), chunk_bytes_(options.max_chunk_bytes) {
+      : core_(core), chunk_bytes_(options.max_chunk_bytes), refs_(request.wait_ms() > 0 ? 2 : 1) {
     wait_id_ = core_.AwaitUpdate(KeyOf(request.caller()), request.fragment(), request.round(),
                                  [this](StatusOr<UpdatePayload> u) { Deliver(std::move(u)); });
+    if (request.wait_ms() > 0) {
+      const uint64_t fragment = request.fragment(), round = request.round();
+      alarm_.Set(std::chrono::system_clock::now() + std::chrono::milliseconds(request.wait_ms()),
+                 [this, fragment, round](bool expired) {
+                   if (expired && core_.CancelWait(wait_id_)) {
+                     Finish({grpc::StatusCode::DEADLINE_EXCEEDED,
+                             fmt::format("GetUpdate: round {} of fragment {} is still open; ask again", round,
+                                         fragment)});
+                   }
+                   Unref();
+                 });
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -269,9 +289,16 @@ class UpdateWriter final : public grpc::ServerWriteReactor<v1::UpdateMessage> {
     }
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    alarm_.Cancel();  // its callback still runs (expired = false) and drops its reference
+    Unref();
+  }
 
  private:
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
   void Deliver(StatusOr<UpdatePayload> u) {
     if (!u.ok()) {
       Finish(GrpcError(u.status()));
@@ -293,6 +320,8 @@ class UpdateWriter final : public grpc::ServerWriteReactor<v1::UpdateMessage> {
   UpdatePayload update_;
   size_t offset_ = 0;
   v1::UpdateMessage msg_;
+  grpc::Alarm alarm_;
+  std::atomic<int> refs_;
 };
 
 class BootstrapWriter final : public grpc::ServerWriteReactor<v1::BootstrapMessage> {

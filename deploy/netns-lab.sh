@@ -8,8 +8,10 @@
 #   deploy/netns-lab.sh --check          # exit 0 if this machine can build the lab, 77 if not (and why)
 #
 #   --workers M   hosts besides the coordinator (default 4); passed on to `lowband launch`
-#   --rate R      tbf rate of every host's link, each direction, in tc's units (100mbit, 1gbit, 500kbit;
+#   --rate R      tbf rate of every worker's link, each direction, in tc's units (100mbit, 1gbit, 500kbit;
 #                 mbps = megabytes/s); "none" leaves the links unshaped (default none)
+#   --coordinator-rate R  the coordinator's own link (default none: a datacenter uplink that is not
+#                 the bottleneck, as the simulator assumes; give a rate to make it one)
 #   --prefix P    namespace names: P-hub (the bridge), P-coord (10.77.0.1), P-w<i> (10.77.0.<10+i>)
 #   --keep        leave the namespaces up after the job (inspect with `ip netns exec P-w0 tc -s qdisc`)
 #
@@ -26,6 +28,7 @@ cd "$(dirname "$0")/.."
 
 WORKERS=4
 RATE=none
+COORD_RATE=none
 PREFIX=lb
 KEEP=0
 CHECK=0
@@ -33,6 +36,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --workers) WORKERS=${2:?--workers needs a number}; shift 2 ;;
     --rate) RATE=${2:?--rate needs a value like 100mbit}; shift 2 ;;
+    --coordinator-rate) COORD_RATE=${2:?--coordinator-rate needs a value like 1gbit}; shift 2 ;;
     --prefix) PREFIX=${2:?--prefix needs a name}; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --check) CHECK=1; shift ;;
@@ -45,9 +49,11 @@ case "$WORKERS" in ''|*[!0-9]*) echo "netns-lab: --workers must be a positive nu
 if [ "$WORKERS" -lt 1 ] || [ "$WORKERS" -gt 200 ]; then
   echo "netns-lab: --workers must be 1..200, got $WORKERS" >&2; exit 2
 fi
-if [ "$RATE" != none ] && ! [[ "$RATE" =~ ^[0-9]+(\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$ ]]; then
-  echo "netns-lab: --rate must look like 100mbit, 500kbit, 1gbit or 10mbps (tc units), got '$RATE'" >&2; exit 2
-fi
+for r in "$RATE" "$COORD_RATE"; do
+  if [ "$r" != none ] && ! [[ "$r" =~ ^[0-9]+(\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$ ]]; then
+    echo "netns-lab: a rate must look like 100mbit, 500kbit, 1gbit or 10mbps (tc units), got '$r'" >&2; exit 2
+  fi
+done
 if [ ${#PREFIX} -gt 8 ] || ! [[ "$PREFIX" =~ ^[a-z][a-z0-9]*$ ]]; then
   echo "netns-lab: --prefix must be 1-8 lowercase letters/digits starting with a letter, got '$PREFIX'" >&2; exit 2
 fi
@@ -98,15 +104,17 @@ trap 'exit 130' INT TERM
 # Leftovers of an earlier run that was killed with SIGKILL.
 for h in hub "${HOSTS[@]}"; do ip netns del "${PREFIX}-$h" 2>/dev/null || true; done
 
-# tbf parameters for a rate: the bucket holds 4 ms of traffic (at least 64 KiB so that one GSO
-# segment always fits), the queue 100 ms (at least 256 KiB, so slow links drop nothing but pace).
+# tbf parameters for a rate: the bucket holds 2 ms of traffic, at least two full frames (a deeper
+# bucket lets a small message through at line speed: 64 KiB would carry a 50 kB payload at 1 Mbit/s
+# in no time; tbf segments GSO packets larger than the bucket itself), the queue 100 ms (at least
+# 256 KiB, so slow links pace rather than drop).
 tbf_args() {
   python3 - "$1" <<'EOF'
 import re, sys
 m = re.fullmatch(r"([0-9.]+)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)", sys.argv[1])
 v, u = float(m.group(1)), m.group(2)
 bits = v * {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}[u]
-burst = max(65536, int(bits / 8 * 0.004))
+burst = max(3028, int(bits / 8 * 0.002))
 limit = max(262144, int(bits / 8 * 0.1))
 print(f"rate {int(bits)}bit burst {burst} limit {limit}")
 EOF
@@ -129,15 +137,17 @@ for idx in "${!HOSTS[@]}"; do
   ip -n "$ns" addr add "$addr/16" dev eth0
   ip -n "$ns" link set eth0 up
   ip -n "$ns" link set lo up
-  if [ "$RATE" != none ]; then
+  rate=$RATE
+  [ "$h" = coord ] && rate=$COORD_RATE
+  if [ "$rate" != none ]; then
     # upload: the host's own egress; download: the bridge port's egress towards the host
     # shellcheck disable=SC2046
-    ip netns exec "$ns" tc qdisc add dev eth0 root tbf $(tbf_args "$RATE")
+    ip netns exec "$ns" tc qdisc add dev eth0 root tbf $(tbf_args "$rate")
     # shellcheck disable=SC2046
-    ip netns exec "${PREFIX}-hub" tc qdisc add dev "${PREFIX}p$h" root tbf $(tbf_args "$RATE")
+    ip netns exec "${PREFIX}-hub" tc qdisc add dev "${PREFIX}p$h" root tbf $(tbf_args "$rate")
   fi
 done
-echo "netns-lab: ${#HOSTS[@]} hosts (${PREFIX}-coord 10.77.0.1, ${PREFIX}-w0..w$((WORKERS - 1)) 10.77.0.10..), links: ${RATE} each way"
+echo "netns-lab: ${#HOSTS[@]} hosts (${PREFIX}-coord 10.77.0.1, ${PREFIX}-w0..w$((WORKERS - 1)) 10.77.0.10..), worker links: ${RATE} each way, coordinator link: ${COORD_RATE}"
 
 rate_flag=()
 [ "$RATE" != none ] && rate_flag=(--netns-rate "$RATE")
@@ -146,7 +156,7 @@ set +e
 rc=$?
 set -e
 if [ "$RATE" != none ]; then
-  echo "netns-lab: tbf counters (sent bytes / dropped packets) on the coordinator's link:"
-  ip netns exec "${PREFIX}-coord" tc -s qdisc show dev eth0 | sed -n '2p' | sed 's/^/  /'
+  echo "netns-lab: tbf counters (sent bytes / dropped packets) on worker 0's link:"
+  ip netns exec "${PREFIX}-w0" tc -s qdisc show dev eth0 | sed -n '2p' | sed 's/^/  /'
 fi
 exit $rc

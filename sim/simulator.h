@@ -144,8 +144,9 @@ struct SimConfig {
   // --- ddp.
   DdpOverlap ddp_overlap = DdpOverlap::kNone;
   // With kBackward: layers (last first) are merged into one bucket until it holds at least this
-  // many gradient bytes (PyTorch's bucket_cap_mb is 25 MiB); 0: one bucket per layer.
-  uint64_t ddp_bucket_bytes = 0;
+  // many gradient bytes; 0: one bucket per layer. Default: PyTorch's bucket_cap_mb, 25 MiB (one
+  // bucket per layer would pay the ring's 2(M-1) latencies per layer, which no real DDP does).
+  uint64_t ddp_bucket_bytes = 25ull << 20;
 
   // --- Links.
   // Per-direction rate of every worker's link, bits/s (> 0; +infinity allowed).

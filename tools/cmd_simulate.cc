@@ -72,7 +72,7 @@ struct SimulateArgs {
   uint64_t steps = 0;
   bool no_drain = false;
   std::string ddp_overlap = "none";
-  std::string ddp_bucket_bytes = "0";
+  std::string ddp_bucket_bytes = "26214400";
   uint64_t slow_workers = 0;
   std::string slow_bandwidth;
   uint64_t stragglers = 0;
@@ -299,7 +299,7 @@ void RegisterSimulate(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--ddp-bucket-bytes", a->ddp_bucket_bytes,
                   "With --ddp-overlap backward: merge layers (last first) into buckets of at least this many "
-                  "bytes (PyTorch: 25M); 0: one bucket per layer")
+                  "bytes (default: PyTorch's 25 MiB); 0: one bucket per layer")
       ->capture_default_str();
   cmd->add_option("--slow-workers", a->slow_workers,
                   "Number K of workers on slower links (--slow-bandwidth)");

@@ -301,6 +301,10 @@ void RegisterTraining(CLI::App& app) {
         "--netns", o->netns,
         "Run inside deploy/netns-lab.sh's namespaces PREFIX-coord, PREFIX-w<i> (set by the script)");
     link->add_option("--netns-rate", o->netns_rate, "The tc tbf rate the lab set (recorded in summary.json)");
+    link->add_option(
+        "--cpu-per-worker", o->cpu_per_worker,
+        "Cap each worker at this many cores (cgroup cpu quota; root), so workers sharing a machine "
+        "run at equal speed");
     cmd->callback([flags, o] {
       RunConfig c = Resolve(*flags);
       if (c.run.name == "run") c.run.name = std::filesystem::path(o->out).filename().string();

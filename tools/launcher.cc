@@ -169,6 +169,7 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
   s["H"] = config.diloco.H;
   s["fragments"] = config.diloco.fragments;
   s["tau"] = config.diloco.tau;
+  s["late"] = config.diloco.late;
   s["alpha"] = config.diloco.alpha;
   s["error_feedback"] = config.codec.error_feedback;
   s["model"] = config.model.kind;
@@ -264,6 +265,58 @@ std::string NetnsCoordinatorIp() { return "10.77.0.1"; }
 std::string NetnsWorkerIp(int worker) { return fmt::format("10.77.0.{}", 10 + worker); }
 
 namespace {
+
+// A cgroup (v2 cpu.max, or v1 cpu.cfs_quota_us) capping one process at `cores` CPUs; removed by
+// the destructor (after the process has exited). The period is the kernel's default 100 ms: a
+// throttled worker sits out the rest of a period, communication threads included (measured in
+// docs/bandwidth-lab.md; a 10 ms period made LibTorch's steps 6x slower here).
+class CpuCap {
+ public:
+  static StatusOr<std::unique_ptr<CpuCap>> Create(const std::string& name, double cores) {
+    const fs::path v2 = "/sys/fs/cgroup", v1 = "/sys/fs/cgroup/cpu";
+    const int64_t period = 100000, quota = std::max<int64_t>(1000, static_cast<int64_t>(cores * period));
+    auto cap = std::unique_ptr<CpuCap>(new CpuCap);
+    std::error_code ec;
+    if (fs::exists(v2 / "cgroup.subtree_control", ec) && fs::exists(v2 / "cpu.max", ec)) {
+      cap->dir_ = v2 / name;
+      fs::create_directories(cap->dir_, ec);
+      if (!ec) ec = Write(cap->dir_ / "cpu.max", fmt::format("{} {}", quota, period));
+    } else if (fs::exists(v1 / "cpu.cfs_quota_us", ec)) {
+      cap->dir_ = v1 / name;
+      fs::create_directories(cap->dir_, ec);
+      if (!ec) ec = Write(cap->dir_ / "cpu.cfs_period_us", std::to_string(period));
+      if (!ec) ec = Write(cap->dir_ / "cpu.cfs_quota_us", std::to_string(quota));
+    } else {
+      return FailedPrecondition("--cpu-per-worker needs the Linux cgroup cpu controller (/sys/fs/cgroup)");
+    }
+    if (ec) {
+      return PermissionDenied(fmt::format("--cpu-per-worker: cannot set up cgroup {} ({}); it needs root",
+                                          cap->dir_.string(), ec.message()));
+    }
+    return cap;
+  }
+  Status Add(pid_t pid) {
+    if (auto ec = Write(dir_ / "cgroup.procs", std::to_string(pid))) {
+      return PermissionDenied(fmt::format("--cpu-per-worker: cannot move process {} into {}: {}", pid,
+                                          dir_.string(), ec.message()));
+    }
+    return Status::Ok();
+  }
+  ~CpuCap() {
+    std::error_code ec;
+    fs::remove(dir_, ec);  // rmdir: succeeds once the process has left (exited)
+  }
+
+ private:
+  CpuCap() = default;
+  static std::error_code Write(const fs::path& file, const std::string& text) {
+    std::ofstream f(file);
+    f << text;
+    f.flush();
+    return f ? std::error_code() : std::make_error_code(std::errc::permission_denied);
+  }
+  fs::path dir_;
+};
 
 bool HasLink(const LaunchOptions& o) {
   return !o.link_rate.empty() || !o.link_latency.empty() || !o.link_jitter.empty() ||
@@ -361,6 +414,7 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::vector<Child> children;
+  std::vector<std::unique_ptr<CpuCap>> caps;  // destroyed after the children are reaped
   std::optional<size_t> coordinator_child;
   std::vector<size_t> worker_children, shaper_children;
   auto stop = [&](std::vector<size_t> which) {
@@ -459,6 +513,12 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
                                             fmt::format("{}/logs/worker-{}.log", o.out, i), worker_ns(i)));
     worker_children.push_back(children.size());
     children.push_back(c);
+    if (o.cpu_per_worker > 0) {
+      auto cap = CpuCap::Create(fmt::format("lowband-{}-w{}", ::getpid(), i), o.cpu_per_worker);
+      Status added = cap.ok() ? (*cap)->Add(c.pid) : cap.status();
+      if (!added.ok()) return fail(added);
+      caps.push_back(std::move(*cap));
+    }
   }
   spdlog::info("{} {} workers started; logs in {}/logs, metrics in {}/metrics", o.workers, config.algo, o.out,
                o.out);
@@ -538,6 +598,7 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   if (shaped || lab) {
     LOWBAND_ASSIGN_OR_RETURN(summary["link"], LinkSummary(o));
   }
+  if (o.cpu_per_worker > 0) summary["cpu_per_worker"] = o.cpu_per_worker;
   LOWBAND_RETURN_IF_ERROR(comm::WriteJsonFile(o.out + "/summary.json", summary));
   return summary;
 }

@@ -44,6 +44,12 @@ struct LaunchOptions {
   // the rate the script set, for summary.json.
   std::string netns;
   std::string netns_rate;
+
+  // > 0: cap every worker at this many CPU cores (Linux cgroup cpu controller, v1 or v2; root), so
+  // that workers sharing a machine compute at the same speed, as sites with identical
+  // accelerators would; without it the scheduler's uneven shares make some workers wait for
+  // others at every round.
+  double cpu_per_worker = 0;
 };
 
 // The addresses of deploy/netns-lab.sh's hosts.

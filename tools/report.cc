@@ -273,6 +273,7 @@ Status ParseSummary(const fs::path& file, const json& s, RunData* run) {
     run->link = info;
   }
   LOWBAND_RETURN_IF_ERROR(r.Number(s, "step_seconds", "step_seconds", &run->step_seconds));
+  LOWBAND_RETURN_IF_ERROR(r.String(s, "late", "late", &run->late));
   LOWBAND_RETURN_IF_ERROR(r.Integer(s, "parameters", "parameters", &run->parameters));
   LOWBAND_RETURN_IF_ERROR(r.Integer(s, "codec_block", "codec_block", &run->codec_block));
   if (const json* ws = FieldReader::Find(s, "worker_step_seconds"); ws != nullptr && ws->is_array()) {
@@ -358,7 +359,11 @@ void LoadMetrics(RunData* run) {
   }
   std::sort(workers.begin(), workers.end());
 
-  std::map<int64_t, std::pair<double, int>> train;  // step -> (sum of loss, workers)
+  struct TrainAccumulator {
+    double loss = 0, wall = 0;
+    int n = 0, n_wall = 0;
+  };
+  std::map<int64_t, TrainAccumulator> train;  // step -> sums over workers
   std::map<int64_t, EvalAccumulator> evals;
   for (const auto& [index, path] : workers) {
     const auto [lines, bad] = ForEachJsonLine(path, [&](const json& obj) {
@@ -375,9 +380,13 @@ void LoadMetrics(RunData* run) {
         if (!loss || !std::isfinite(*loss)) {
           return;
         }
-        auto& [sum, n] = train[static_cast<int64_t>(*step)];
-        sum += *loss;
-        ++n;
+        TrainAccumulator& acc = train[static_cast<int64_t>(*step)];
+        acc.loss += *loss;
+        ++acc.n;
+        if (const auto wall = NumberOf(obj, "wall_seconds")) {
+          acc.wall += *wall;
+          ++acc.n_wall;
+        }
       } else if (*event == "eval") {
         const auto loss = NumberOf(obj, "eval_loss");
         if (!loss || !std::isfinite(*loss)) {
@@ -402,8 +411,9 @@ void LoadMetrics(RunData* run) {
     run->metrics_lines += lines;
     run->bad_metrics_lines += bad;
   }
-  for (const auto& [step, sum_n] : train) {
-    run->train_loss.push_back({step, sum_n.first / sum_n.second});
+  for (const auto& [step, acc] : train) {
+    run->train_loss.push_back({step, acc.loss / acc.n,
+                               acc.n_wall > 0 ? std::optional<double>(acc.wall / acc.n_wall) : std::nullopt});
   }
   if (run->eval_curve.empty() && !evals.empty()) {
     spdlog::info("{}: summary eval_curve is empty; using the workers' eval events", run->dir.string());
@@ -1003,7 +1013,8 @@ std::optional<Plot> UtilizationVsBandwidth(const PlotInputs& in, std::string* da
     if (!run.link || !run.link->rate_mbit || !run.compute_utilization) {
       continue;
     }
-    series[run.algo + (run.codec.empty() ? "" : " " + run.codec)].push_back(i);
+    series[run.algo + (run.codec.empty() ? "" : " " + run.codec) + (run.late == "defer" ? " defer" : "")]
+        .push_back(i);
   }
   *data = "# rate_mbit compute_utilization run_name; one block per (algo, codec)\n";
   std::vector<std::string> items;
@@ -1070,6 +1081,40 @@ std::optional<Plot> UtilizationVsBandwidth(const PlotInputs& in, std::string* da
   return p;
 }
 
+// With runs over links of several rates: one plot per rate of training loss vs wall time, so the
+// algorithms can be compared where the link is the same.
+std::vector<Plot> LossVsWallPerRate(const PlotInputs& in) {
+  std::map<double, std::vector<size_t>> by_rate;
+  for (size_t i = 0; i < in.runs.size(); ++i) {
+    const RunData& run = in.runs[i];
+    const bool timed = std::any_of(run.train_loss.begin(), run.train_loss.end(),
+                                   [](const TrainPoint& t) { return t.wall_seconds.has_value(); });
+    if (run.link && run.link->rate_mbit && timed) {
+      by_rate[*run.link->rate_mbit].push_back(i);
+    }
+  }
+  std::vector<Plot> plots;
+  if (by_rate.size() < 2) {
+    return plots;
+  }
+  for (const auto& [rate, indices] : by_rate) {
+    Plot p{fmt::format("train_loss_vs_wall_{:g}mbit", rate),
+           fmt::format("Training loss vs wall time at {:g} Mbit/s", rate), "", ""};
+    std::vector<std::string> items;
+    for (const size_t i : indices) {
+      items.push_back(fmt::format("\"{}.train.dat\" using 4:3 with lines lw 2 lc {} title {}", in.slugs[i],
+                                  Color(i), GpString(in.runs[i].name)));
+    }
+    p.body = fmt::format(
+                 "set title \"Training loss vs wall time, {:g} Mbit/s links (mean over workers, smoothed)\"\n"
+                 "set xlabel \"wall time since training started (s)\"\nset ylabel \"training loss\"\n",
+                 rate) +
+             PlotCommand(items);
+    plots.push_back(std::move(p));
+  }
+  return plots;
+}
+
 std::string EvalData(const RunData& run) {
   std::string out = fmt::format(
       "# {}: eval curve (summary.json eval_curve)\n# step eval_loss wall_seconds "
@@ -1084,11 +1129,13 @@ std::string EvalData(const RunData& run) {
 
 std::string TrainData(const RunData& run, int window) {
   std::string out = fmt::format(
-      "# {}: training loss, mean over workers (metrics/worker-*.jsonl)\n# step loss smoothed(window {})\n",
+      "# {}: training loss, mean over workers (metrics/worker-*.jsonl)\n# step loss smoothed(window {}) "
+      "wall_seconds\n",
       run.name, window);
   const std::vector<double> smooth = Smooth(run.train_loss, window);
   for (size_t i = 0; i < run.train_loss.size(); ++i) {
-    out += fmt::format("{} {} {}\n", run.train_loss[i].step, Dat(run.train_loss[i].loss), Dat(smooth[i]));
+    out += fmt::format("{} {} {} {}\n", run.train_loss[i].step, Dat(run.train_loss[i].loss), Dat(smooth[i]),
+                       Dat(run.train_loss[i].wall_seconds));
   }
   return out;
 }
@@ -1412,6 +1459,9 @@ StatusOr<ReportResult> WriteReport(const ReportOptions& options) {
   plots.push_back(BytesPerWorker(in, &bytes_data));
   if (!bytes_data.empty()) {
     LOWBAND_RETURN_IF_ERROR(WriteFile(plots_dir / "bytes_per_worker.dat", bytes_data));
+  }
+  for (Plot& plot : LossVsWallPerRate(in)) {
+    plots.push_back(std::move(plot));
   }
   std::string util_data, util_sim_data;
   if (auto util = UtilizationVsBandwidth(in, &util_data, &util_sim_data)) {

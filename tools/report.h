@@ -40,6 +40,7 @@ struct EvalPoint {
 struct TrainPoint {
   int64_t step = 0;
   double loss = 0;
+  std::optional<double> wall_seconds;  // mean over the workers that logged it
 };
 
 struct LinkInfo {
@@ -90,6 +91,7 @@ struct RunData {
   // Simulator inputs measured by the run (summary.json; absent in runs older than the lab).
   std::optional<double> step_seconds;       // mean compute seconds of one inner step
   std::vector<double> worker_step_seconds;  // the same per worker
+  std::string late;                         // "wait" or "defer" (empty: not recorded, i.e. wait)
   std::optional<int64_t> parameters, codec_block;
   std::vector<uint64_t> fragment_elements;  // elements per fragment (coordinator's layout)
   std::optional<SimulatedRun> simulated;    // filled by WriteReport with ReportOptions::simulate

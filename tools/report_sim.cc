@@ -47,6 +47,9 @@ StatusOr<SimulatedRun> SimulateRun(const RunData& run, std::optional<double> rat
     c.inner_steps = static_cast<uint64_t>(run.H.value_or(1));
     c.fragments = c.algo == sim::Algo::kDiloco ? 1 : static_cast<uint32_t>(run.fragments.value_or(1));
     c.overlap = c.algo == sim::Algo::kDiloco ? 0 : static_cast<uint64_t>(run.tau.value_or(0));
+    if (!run.late.empty()) {
+      LOWBAND_ASSIGN_OR_RETURN(c.late, sim::ParseLatePolicy(run.late));
+    }
     LOWBAND_ASSIGN_OR_RETURN(c.codec.format, quant::ParseFormat(run.codec.empty() ? "fp32" : run.codec));
     c.codec.block_size = static_cast<uint32_t>(run.codec_block.value_or(64));
     if (run.fragment_elements.size() == c.fragments) c.fragment_params = run.fragment_elements;

@@ -11,6 +11,8 @@
 #   bench/experiments/bandwidth_lab.sh [OUT_DIR]          (needs root for the namespaces)
 #   RATES="100 10" bench/experiments/bandwidth_lab.sh ...  (Mbit/s; default "1000 100 10 1")
 #   SKIP_DONE=1 ...                                        keeps runs that already have a summary.json
+#   CPU_PER_WORKER=0.4 ...                                 cap each worker at 0.4 core (cgroup; default 0:
+#                                                          no cap; docs/bandwidth-lab.md says what it changes)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/lab}
@@ -36,7 +38,8 @@ run() {
   fi
   echo "=== $name"
   LOWBAND="$BIN" deploy/netns-lab.sh --workers 4 --rate "${rate}mbit" --prefix lblab -- \
-    --config "$CONFIG" --out "$OUT/$name" --progress-seconds 20 "$@" | tail -n 14
+    --config "$CONFIG" --out "$OUT/$name" --progress-seconds 20 --cpu-per-worker "${CPU_PER_WORKER:-0}" "$@" |
+    tail -n 14
 }
 
 runs=()
@@ -44,7 +47,9 @@ for r in $RATES; do
   run "ddp-${r}mbit" "$r" --algo ddp --steps "$(ddp_steps "$r")"
   run "diloco-${r}mbit" "$r" --algo diloco --codec fp32 --link-latency 20ms
   run "streaming-fp4-${r}mbit" "$r" --algo streaming --codec fp4_e3m0 --link-latency 20ms
-  runs+=("$OUT/ddp-${r}mbit" "$OUT/diloco-${r}mbit" "$OUT/streaming-fp4-${r}mbit")
+  # late = defer: a worker ahead of a slower peer trains on instead of stalling at t + tau
+  run "streaming-fp4-defer-${r}mbit" "$r" --algo streaming --codec fp4_e3m0 --link-latency 20ms --late defer
+  runs+=("$OUT/ddp-${r}mbit" "$OUT/diloco-${r}mbit" "$OUT/streaming-fp4-${r}mbit" "$OUT/streaming-fp4-defer-${r}mbit")
 done
 "$BIN" report "${runs[@]}" --simulate --out "$OUT/report" \
   --title "Compute utilization over shaped links: 4 workers, measured vs simulated"

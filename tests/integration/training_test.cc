@@ -229,10 +229,11 @@ TEST_F(TrainingTest, NetnsLabRunsDdpAndStreamingOverKernelShapedLinks) {
   EXPECT_EQ(ReadJson(ddp + "/metrics/worker-0-result.json")["params_crc"],
             ReadJson(ddp + "/metrics/worker-1-result.json")["params_crc"]);
   auto [rc2, text2] = Shell(env + script + " --workers 2 --rate 200mbit --prefix lbit -- " +
-                            RunFlags("lab-streaming", "--link-latency 2ms --steps 24"));
+                            RunFlags("lab-streaming", "--link-latency 2ms --steps 24 --cpu-per-worker 0.5"));
   ASSERT_EQ(rc2, 0) << text2;
   const auto s2 = ReadJson((dir_ / "lab-streaming").string() + "/summary.json");
   EXPECT_EQ(s2["link"]["kind"], "netns-tbf+shaper");
+  EXPECT_DOUBLE_EQ(s2["cpu_per_worker"].get<double>(), 0.5);
   EXPECT_TRUE(s2["global_state_identical"].get<bool>());
   // Nothing is left behind.
   auto [rc3, left] = Shell("ip netns list | grep -c '^lbit-' || true");

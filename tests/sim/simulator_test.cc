@@ -37,6 +37,7 @@ SimConfig Small(Algo algo) {
   c.workers = 4;
   c.params = 1'000'000;
   c.layers = 4;
+  c.ddp_bucket_bytes = 0;  // one bucket per layer: small hand-computable cases
   c.step_seconds = 1.0;
   c.inner_steps = 10;
   c.fragments = 2;

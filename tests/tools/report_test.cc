@@ -198,9 +198,11 @@ TEST_F(ReportTest, ComparesRunsAgainstDdp) {
   EXPECT_DOUBLE_EQ(rows[2]["bytes_per_worker_mean"].get<double>(), 20000.0);
 
   // Scripts and data stay for the user to tweak, whether or not gnuplot is there.
-  const std::vector<std::string> plots = {"eval_loss_vs_step", "eval_loss_vs_bytes",
-                                          "eval_loss_vs_wall", "train_loss_vs_step",
-                                          "bytes_per_worker",  "utilization_vs_bandwidth"};
+  // Runs over links of two rates also get one training-loss-vs-wall plot per rate.
+  const std::vector<std::string> plots = {"eval_loss_vs_step",          "eval_loss_vs_bytes",
+                                          "eval_loss_vs_wall",          "train_loss_vs_step",
+                                          "bytes_per_worker",           "train_loss_vs_wall_10mbit",
+                                          "train_loss_vs_wall_100mbit", "utilization_vs_bandwidth"};
   for (const std::string& p : plots) {
     EXPECT_TRUE(fs::exists(options.out / (p + ".gp"))) << p;
   }
@@ -218,6 +220,50 @@ TEST_F(ReportTest, ComparesRunsAgainstDdp) {
     EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << png;
     EXPECT_THAT(md, HasSubstr("(" + p + ".png)"));
   }
+}
+
+// --simulate: the simulator runs with each run's measured step time over its link. A link so fast
+// that communication costs nothing must predict full utilization; a DiLoCo run whose every sync
+// moves the whole fp32 model over a slow link must predict the hand-computed value; a run without
+// a link cannot be simulated and says why.
+TEST_F(ReportTest, SimulateSetsMeasuredBesideSimulatedUtilization) {
+  json fast =
+      Summary("streaming", "fast", {1, 1, 1, 1}, {{"rate_mbit", 1e7}, {"latency_ms", 0}, {"kind", "shaper"}});
+  fast["step_seconds"] = 0.1;
+  fast["parameters"] = 100000;
+  fast["codec_block"] = 64;
+  fast["fragment_elements"] = {25000, 25000, 25000, 25000};
+  json slow = Summary("diloco", "slow", {1, 1}, {{"rate_mbit", 8}, {"latency_ms", 0}, {"kind", "shaper"}});
+  slow["codec"] = "fp32";
+  slow["steps"] = 100;
+  slow["step_seconds"] = 0.1;
+  slow["parameters"] = 1000000;  // 4 MB each way per sync: 4 s up + 4 s down at 8 Mbit/s
+  slow["worker_step_seconds"] = {0.1, 0.1};
+  const fs::path a = MakeRun("fast", fast, 4), b = MakeRun("slow", slow, 2);
+  const fs::path none = MakeRun("none", Summary("ddp", "none", {1, 1}, kNoLink), 2);
+  ReportOptions options;
+  options.runs = {a, b, none};
+  options.out = root_ / "sim-out";
+  options.gnuplot = "";
+  options.simulate = true;
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().message();
+  ASSERT_TRUE(result->runs[0].simulated.has_value());
+  EXPECT_NEAR(result->runs[0].simulated->utilization, 1.0, 1e-3);
+  ASSERT_TRUE(result->runs[1].simulated.has_value());
+  EXPECT_TRUE(result->runs[1].simulated->per_worker_steps);
+  // H = 50 steps of 0.1 s, then 8 s of exchange (the engine adds 4 one-way latencies, here 0): 5 / 13.
+  // The last sync at step 100 is part of the run too: two syncs, 10 s of compute in 26 s.
+  EXPECT_NEAR(result->runs[1].simulated->utilization, 10.0 / 26.0, 0.01);
+  EXPECT_FALSE(result->runs[2].simulated.has_value());
+  const std::string md = ReadFile(options.out / "report.md");
+  EXPECT_THAT(md, HasSubstr("## Measured vs simulated utilization"));
+  EXPECT_THAT(md, HasSubstr("| slow | diloco | fp32 |"));
+  const auto no_link = SimulateRun(result->runs[2]);
+  EXPECT_FALSE(no_link.ok());
+  EXPECT_THAT(no_link.status().message(), HasSubstr("no link"));
+  EXPECT_EQ(result->table["runs"][1]["simulated_utilization"].get<double>(),
+            result->runs[1].simulated->utilization);
 }
 
 TEST_F(ReportTest, OneRunWritesIntoTheRunDirectory) {
