@@ -37,26 +37,10 @@ constexpr size_t kMinBuffer = 64 * 1024;
 constexpr size_t kBufferSlack = 256 * 1024;
 constexpr double kBufferExtraSeconds = 0.050;
 
-std::string Lower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
 std::string_view Trim(std::string_view text) {
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
   return text;
-}
-
-// Splits "12.5mbit" into 12.5 and "mbit"; false if there is no leading non-negative finite number.
-bool SplitNumber(std::string_view text, double* value, std::string* unit) {
-  const char* begin = text.data();
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(begin, end, *value, std::chars_format::fixed);
-  if (ec != std::errc() || ptr == begin || !std::isfinite(*value) || *value < 0) return false;
-  *unit = Lower(std::string_view(ptr, static_cast<size_t>(end - ptr)));
-  return true;
 }
 
 // Per-direction counters that the io thread writes and any thread reads.
@@ -768,67 +752,6 @@ nlohmann::json ToJson(const LinkDirection& d) {
   return nlohmann::json{{"rate_bits_per_second", d.rate_bits_per_second},
                         {"latency_seconds", d.latency_seconds},
                         {"jitter_seconds", d.jitter_seconds}};
-}
-
-StatusOr<double> ParseRate(std::string_view text) {
-  const std::string_view t = Trim(text);
-  auto bad = [&] {
-    return InvalidArgument(fmt::format(
-        "bad rate '{}': expected a number with a tc unit: 100mbit, 1gbit, 500kbit, 8000bit (bits/s), 10mbps, "
-        "500kbps (BYTES/s), kibit/mibit/gibit for powers of 1024; a plain number is bits/s, 0 is unlimited",
-        text));
-  };
-  double value = 0;
-  std::string unit;
-  if (t.empty() || !SplitNumber(t, &value, &unit)) return bad();
-  if (unit.empty()) return value;
-  double bytes = 0;  // 1 for bits, 8 for bytes
-  std::string_view prefix;
-  if (unit.size() >= 3 && unit.ends_with("bit")) {
-    bytes = 1;
-    prefix = std::string_view(unit).substr(0, unit.size() - 3);
-  } else if (unit.size() >= 3 && unit.ends_with("bps")) {
-    bytes = 8;
-    prefix = std::string_view(unit).substr(0, unit.size() - 3);
-  } else {
-    return bad();
-  }
-  double scale = 0;
-  if (prefix.empty()) scale = 1;
-  if (prefix == "k") scale = 1e3;
-  if (prefix == "m") scale = 1e6;
-  if (prefix == "g") scale = 1e9;
-  if (prefix == "t") scale = 1e12;
-  if (prefix == "ki") scale = 1024.0;
-  if (prefix == "mi") scale = 1024.0 * 1024;
-  if (prefix == "gi") scale = 1024.0 * 1024 * 1024;
-  if (prefix == "ti") scale = 1024.0 * 1024 * 1024 * 1024;
-  if (scale == 0) return bad();
-  const double rate = value * scale * bytes;
-  if (!std::isfinite(rate)) return bad();
-  return rate;
-}
-
-StatusOr<double> ParseDuration(std::string_view text) {
-  const std::string_view t = Trim(text);
-  auto bad = [&] {
-    return InvalidArgument(fmt::format(
-        "bad duration '{}': expected a number with a unit: 40ms, 1s, 500us, 2.5ms, 1m (minutes), 1h; or 0",
-        text));
-  };
-  double value = 0;
-  std::string unit;
-  if (t.empty() || !SplitNumber(t, &value, &unit)) return bad();
-  double scale = 0;
-  if (unit.empty() && value == 0) scale = 1;
-  if (unit == "ns") scale = 1e-9;
-  if (unit == "us") scale = 1e-6;
-  if (unit == "ms") scale = 1e-3;
-  if (unit == "s" || unit == "sec") scale = 1;
-  if (unit == "m" || unit == "min") scale = 60;
-  if (unit == "h") scale = 3600;
-  if (scale == 0) return bad();
-  return value * scale;
 }
 
 Status SplitHostPort(std::string_view text, std::string* host, uint16_t* port) {

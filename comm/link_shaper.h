@@ -134,13 +134,7 @@ class LinkShaper {
   std::unique_ptr<Impl> impl_;
 };
 
-// A rate in tc's units: "100mbit", "1gbit", "500kbit", "8000bit" are bits per second, "10mbps",
-// "1kbps", "100bps" are BYTES per second (x 8); k/m/g/t are decimal (1000), ki/mi/gi/ti binary
-// (1024); case-insensitive; a plain number is bits per second; "0" is unlimited. Returns bits/s.
-StatusOr<double> ParseRate(std::string_view text);
-// A duration: "40ms", "1s", "500us", "2.5ms", "1m", "0" (a plain number other than 0 must carry a
-// unit). Returns seconds.
-StatusOr<double> ParseDuration(std::string_view text);
+// (Rates and durations as text, "100mbit", "40ms": sim/units.h, shared by every subcommand.)
 // "HOST:PORT" or "[V6]:PORT" into host and port (port 0..65535). HOST may be empty (any address).
 Status SplitHostPort(std::string_view text, std::string* host, uint16_t* port);
 

@@ -18,15 +18,6 @@ std::span<const uint8_t> AsBytes(std::span<const float> values) {
 
 uint32_t CrcOfFloats(std::span<const float> values) { return quant::Crc32c(AsBytes(values)); }
 
-size_t FirstNonFinite(std::span<const float> values) {
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (!std::isfinite(values[i])) {
-      return i;
-    }
-  }
-  return values.size();
-}
-
 Status ApplyOuterUpdate(std::span<const uint8_t> payload, std::span<float> global,
                         std::vector<float>& scratch) {
   LOWBAND_ASSIGN_OR_RETURN(const quant::PayloadInfo info, quant::Inspect(payload));
@@ -38,7 +29,7 @@ Status ApplyOuterUpdate(std::span<const uint8_t> payload, std::span<float> globa
   }
   scratch.resize(global.size());
   LOWBAND_RETURN_IF_ERROR(quant::DecodeInto(payload, scratch));
-  const size_t bad = FirstNonFinite(scratch);
+  const size_t bad = quant::FirstNonFinite(scratch);
   if (bad != scratch.size()) {
     return InvalidArgument(
         fmt::format("outer update decodes to a non-finite value ({}) at index {}; refusing to "

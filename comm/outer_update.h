@@ -30,7 +30,4 @@ std::span<const uint8_t> AsBytes(std::span<const float> values);
 // CRC32C of fp32 values' bytes: equal CRCs of two copies of g mean bit-identical values.
 uint32_t CrcOfFloats(std::span<const float> values);
 
-// Index of the first NaN or infinity in `values`, or values.size() when all are finite.
-size_t FirstNonFinite(std::span<const float> values);
-
 }  // namespace lowband::comm

@@ -432,7 +432,7 @@ StatusOr<SeedResult> CoordinatorCore::SeedState(const WorkerKey& key, std::span<
                                                     "model, flat in signature order), got {}",
                                                     expected, all.size())));
   }
-  if (const size_t bad = comm::FirstNonFinite(all); bad != all.size()) {
+  if (const size_t bad = quant::FirstNonFinite(all); bad != all.size()) {
     uint32_t t = 0;
     while (t + 1 < signature_->tensors.size() && layout_->tensor_offset(t + 1) <= bad) {
       ++t;
@@ -617,7 +617,7 @@ Status CoordinatorCore::ValidatePayloadLocked(uint32_t fragment, std::span<const
                     info->element_count, fragment, fs.elements));
   }
   LOWBAND_RETURN_IF_ERROR(quant::DecodeInto(payload, fs.scratch));
-  if (const size_t bad = comm::FirstNonFinite(fs.scratch); bad != fs.scratch.size()) {
+  if (const size_t bad = quant::FirstNonFinite(fs.scratch); bad != fs.scratch.size()) {
     const comm::FragmentInfo& f = layout_->fragment(fragment);
     uint32_t t = f.tensors.front();
     for (uint32_t cand : f.tensors) {
@@ -716,13 +716,13 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
   ClosedRound closed;
   closed.round = round;
   closed.contributors = std::move(fs.contributors);
-  if (const size_t bad = comm::FirstNonFinite(fs.accumulator); bad != fs.accumulator.size()) {
+  if (const size_t bad = quant::FirstNonFinite(fs.accumulator); bad != fs.accumulator.size()) {
     closed.failure =
         Internal(fmt::format("the outer update of round {} of fragment {} is not finite at index {} "
                              "(the mean of {} contributions overflowed); the round was dropped and "
                              "the global state is unchanged; Bootstrap to resync",
                              round, fragment, bad, n));
-  } else if (comm::FirstNonFinite(fs.scratch) != fs.scratch.size()) {
+  } else if (quant::FirstNonFinite(fs.scratch) != fs.scratch.size()) {
     closed.failure =
         Internal(fmt::format("the outer momentum of fragment {} overflowed in round {}; the round "
                              "was dropped and the global state is unchanged; lower the outer lr",

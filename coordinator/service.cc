@@ -26,79 +26,131 @@ grpc::Status GrpcError(const Status& s) { return comm::ToGrpc(s); }
 
 grpc::Status Invalid(const std::string& message) { return {grpc::StatusCode::INVALID_ARGUMENT, message}; }
 
-// --- SeedState: client stream of SeedHeader + fp32 chunks ----------------------------------------
-
-class SeedReader final : public grpc::ServerReadReactor<v1::SeedMessage> {
+// --- Uploads: a client stream of one header message, then chunks -------------------------------
+//
+// The shape shared by SeedState and PushFragment: the first message must be the header, every later
+// one a chunk of at most max_chunk_bytes; the chunks fill exactly the bytes the header declared
+// (more is refused at once, fewer when the stream ends). Derived (CRTP) supplies
+//   grpc::Status OnHeader(const Header&, bool* done)  validate before any byte is kept; call
+//                                                     Expect(buffer, bytes); *done = true finishes OK
+//   grpc::Status OnComplete()                         every declared byte is in: check and apply
+// and names the call and header for the messages.
+template <typename Derived, typename Message>
+class UploadReader : public grpc::ServerReadReactor<Message> {
  public:
-  SeedReader(CoordinatorCore& core, const ServiceOptions& options, grpc::CallbackServerContext* ctx,
-             v1::SeedReply* reply)
-      : core_(core), options_(options), ctx_(ctx), reply_(reply) {
-    StartRead(&msg_);
-  }
-
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Finish(Complete());
+      this->Finish(Complete());
       return;
     }
     if (!have_header_) {
       if (!msg_.has_header()) {
-        Finish(Invalid("SeedState: the first message must be a SeedHeader, got a chunk"));
+        this->Finish(
+            Invalid(fmt::format("{}: the first message must be a {}, got a chunk", Call(), Header())));
         return;
       }
-      const v1::SeedHeader& h = msg_.header();
-      key_ = KeyOf(h.caller());
-      if (Status s = core_.CheckMember(key_, "SeedState"); !s.ok()) {
-        Finish(GrpcError(s));
+      bool done = false;
+      if (grpc::Status s = derived().OnHeader(msg_.header(), &done); !s.ok() || done) {
+        this->Finish(s);
         return;
       }
-      const uint64_t expected = core_.SeedElements();
-      if (h.element_count() != expected) {
-        Finish(Invalid(fmt::format("SeedState: the run's model has {} parameters, the header declares {}",
-                                   expected, h.element_count())));
-        return;
-      }
-      values_.resize(expected);
-      crc_ = h.crc32c();
       have_header_ = true;
     } else {
       if (!msg_.has_chunk()) {
-        Finish(Invalid("SeedState: a second SeedHeader arrived; after the header only chunks may follow"));
+        this->Finish(Invalid(fmt::format("{}: a second {} arrived; after the header only chunks may follow",
+                                         Call(), Header())));
         return;
       }
       const std::string& chunk = msg_.chunk();
-      const uint64_t capacity = values_.size() * sizeof(float);
       if (chunk.size() > options_.max_chunk_bytes) {
-        Finish(Invalid(fmt::format("SeedState: chunk of {} bytes exceeds the {}-byte limit; split it",
-                                   chunk.size(), options_.max_chunk_bytes)));
+        this->Finish(Invalid(fmt::format("{}: chunk of {} bytes exceeds the {}-byte limit; split it", Call(),
+                                         chunk.size(), options_.max_chunk_bytes)));
         return;
       }
-      if (received_ + chunk.size() > capacity) {
-        Finish(Invalid(fmt::format("SeedState: the stream carries more than the {} bytes its header declared",
-                                   capacity)));
+      if (received_ + chunk.size() > capacity_) {
+        this->Finish(
+            Invalid(fmt::format("{}: the stream carries more than the {} bytes its header declared; refused",
+                                Call(), capacity_)));
         return;
       }
-      std::memcpy(reinterpret_cast<uint8_t*>(values_.data()) + received_, chunk.data(), chunk.size());
+      if (!chunk.empty()) std::memcpy(buffer_ + received_, chunk.data(), chunk.size());
       received_ += chunk.size();
     }
-    StartRead(&msg_);
+    this->StartRead(&msg_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override { delete &derived(); }
+
+ protected:
+  UploadReader(CoordinatorCore& core, const ServiceOptions& options, grpc::CallbackServerContext* ctx)
+      : core_(core), options_(options), ctx_(ctx) {}
+  // The derived constructor calls this last, once every member is set.
+  void Begin() { this->StartRead(&msg_); }
+  // The chunks go to [buffer, buffer + bytes).
+  void Expect(uint8_t* buffer, uint64_t bytes) {
+    buffer_ = buffer;
+    capacity_ = bytes;
+  }
+
+  CoordinatorCore& core_;
+  const ServiceOptions& options_;
 
  private:
+  Derived& derived() { return static_cast<Derived&>(*this); }
+  static const char* Call() { return Derived::kCall; }
+  static const char* Header() { return Derived::kHeader; }
+
   grpc::Status Complete() {
     if (ctx_->IsCancelled()) {
-      return {grpc::StatusCode::CANCELLED, "SeedState: cancelled by the client"};
+      return {grpc::StatusCode::CANCELLED, fmt::format("{}: cancelled by the client", Call())};
     }
     if (!have_header_) {
-      return Invalid("SeedState: the stream was empty; expected a SeedHeader and chunks");
+      return Invalid(fmt::format("{}: the stream was empty; expected a {} and chunks", Call(), Header()));
     }
-    const uint64_t capacity = values_.size() * sizeof(float);
-    if (received_ != capacity) {
-      return Invalid(fmt::format("SeedState: the stream ended after {} of the {} bytes its header declared",
-                                 received_, capacity));
+    if (received_ != capacity_) {
+      return Invalid(fmt::format("{}: the stream ended after {} of the {} bytes its header declared", Call(),
+                                 received_, capacity_));
     }
+    return derived().OnComplete();
+  }
+
+  grpc::CallbackServerContext* ctx_;
+  Message msg_;
+  bool have_header_ = false;
+  uint8_t* buffer_ = nullptr;
+  uint64_t capacity_ = 0;
+  uint64_t received_ = 0;
+};
+
+// SeedState: the first worker's fp32 parameters.
+class SeedReader final : public UploadReader<SeedReader, v1::SeedMessage> {
+ public:
+  static constexpr const char* kCall = "SeedState";
+  static constexpr const char* kHeader = "SeedHeader";
+
+  SeedReader(CoordinatorCore& core, const ServiceOptions& options, grpc::CallbackServerContext* ctx,
+             v1::SeedReply* reply)
+      : UploadReader(core, options, ctx), reply_(reply) {
+    Begin();
+  }
+
+  grpc::Status OnHeader(const v1::SeedHeader& h, bool* /*done*/) {
+    key_ = KeyOf(h.caller());
+    if (Status s = core_.CheckMember(key_, "SeedState"); !s.ok()) {
+      return GrpcError(s);
+    }
+    const uint64_t expected = core_.SeedElements();
+    if (h.element_count() != expected) {
+      return Invalid(fmt::format("SeedState: the run's model has {} parameters, the header declares {}",
+                                 expected, h.element_count()));
+    }
+    values_.resize(expected);
+    crc_ = h.crc32c();
+    Expect(reinterpret_cast<uint8_t*>(values_.data()), values_.size() * sizeof(float));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status OnComplete() {
     if (comm::CrcOfFloats(values_) != crc_) {
       return {grpc::StatusCode::DATA_LOSS,
               "SeedState: the values do not match the header's CRC32C: corrupted "
@@ -112,101 +164,46 @@ class SeedReader final : public grpc::ServerReadReactor<v1::SeedMessage> {
     return grpc::Status::OK;
   }
 
-  CoordinatorCore& core_;
-  const ServiceOptions& options_;
-  grpc::CallbackServerContext* ctx_;
+ private:
   v1::SeedReply* reply_;
-  v1::SeedMessage msg_;
-  bool have_header_ = false;
   WorkerKey key_;
   uint32_t crc_ = 0;
   std::vector<float> values_;
-  uint64_t received_ = 0;
 };
 
-// --- PushFragment: client stream of PushHeader + payload chunks ----------------------------------
-
-class PushReader final : public grpc::ServerReadReactor<v1::PushMessage> {
+// PushFragment: one encoded contribution to (fragment, round).
+class PushReader final : public UploadReader<PushReader, v1::PushMessage> {
  public:
+  static constexpr const char* kCall = "PushFragment";
+  static constexpr const char* kHeader = "PushHeader";
+
   PushReader(CoordinatorCore& core, const ServiceOptions& options, grpc::CallbackServerContext* ctx,
              v1::PushReply* reply)
-      : core_(core), options_(options), ctx_(ctx), reply_(reply) {
-    StartRead(&msg_);
+      : UploadReader(core, options, ctx), reply_(reply) {
+    Begin();
   }
 
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      Finish(Complete());
-      return;
+  grpc::Status OnHeader(const v1::PushHeader& h, bool* done) {
+    key_ = KeyOf(h.caller());
+    fragment_ = h.fragment();
+    round_ = h.round();
+    crc_ = h.crc32c();
+    // Membership, fragment, exact size and round are checked before any payload byte is kept.
+    StatusOr<PushResult> check = core_.CheckPush(key_, fragment_, round_, h.payload_bytes());
+    if (!check.ok()) {
+      return GrpcError(check.status());
     }
-    if (!have_header_) {
-      if (!msg_.has_header()) {
-        Finish(Invalid("PushFragment: the first message must be a PushHeader, got a chunk"));
-        return;
-      }
-      const v1::PushHeader& h = msg_.header();
-      key_ = KeyOf(h.caller());
-      fragment_ = h.fragment();
-      round_ = h.round();
-      declared_ = h.payload_bytes();
-      crc_ = h.crc32c();
-      // Membership, fragment, exact size and round are checked before any payload byte is kept.
-      StatusOr<PushResult> check = core_.CheckPush(key_, fragment_, round_, declared_);
-      if (!check.ok()) {
-        Finish(GrpcError(check.status()));
-        return;
-      }
-      if (check->duplicate) {
-        Fill(*check);
-        Finish(grpc::Status::OK);
-        return;
-      }
-      payload_.reserve(declared_);
-      have_header_ = true;
-    } else {
-      if (!msg_.has_chunk()) {
-        Finish(Invalid("PushFragment: a second PushHeader arrived; after the header only chunks may follow"));
-        return;
-      }
-      const std::string& chunk = msg_.chunk();
-      if (chunk.size() > options_.max_chunk_bytes) {
-        Finish(Invalid(fmt::format("PushFragment: chunk of {} bytes exceeds the {}-byte limit; split it",
-                                   chunk.size(), options_.max_chunk_bytes)));
-        return;
-      }
-      if (payload_.size() + chunk.size() > declared_) {
-        Finish(
-            Invalid(fmt::format("PushFragment: the stream carries more than the {} bytes its header "
-                                "declared; refused",
-                                declared_)));
-        return;
-      }
-      payload_.insert(payload_.end(), chunk.begin(), chunk.end());
+    if (check->duplicate) {
+      Fill(*check);
+      *done = true;
+      return grpc::Status::OK;
     }
-    StartRead(&msg_);
+    payload_.resize(h.payload_bytes());
+    Expect(payload_.data(), payload_.size());
+    return grpc::Status::OK;
   }
 
-  void OnDone() override { delete this; }
-
- private:
-  void Fill(const PushResult& r) {
-    reply_->set_duplicate(r.duplicate);
-    reply_->set_contributions(r.contributions);
-    reply_->set_open_round(r.open_round);
-  }
-
-  grpc::Status Complete() {
-    if (ctx_->IsCancelled()) {
-      return {grpc::StatusCode::CANCELLED, "PushFragment: cancelled by the client"};
-    }
-    if (!have_header_) {
-      return Invalid("PushFragment: the stream was empty; expected a PushHeader and chunks");
-    }
-    if (payload_.size() != declared_) {
-      return Invalid(
-          fmt::format("PushFragment: the stream ended after {} of the {} bytes its header declared",
-                      payload_.size(), declared_));
-    }
+  grpc::Status OnComplete() {
     if (quant::Crc32c(payload_) != crc_) {
       return {grpc::StatusCode::DATA_LOSS,
               "PushFragment: the payload does not match the header's CRC32C: "
@@ -220,16 +217,17 @@ class PushReader final : public grpc::ServerReadReactor<v1::PushMessage> {
     return grpc::Status::OK;
   }
 
-  CoordinatorCore& core_;
-  const ServiceOptions& options_;
-  grpc::CallbackServerContext* ctx_;
+ private:
+  void Fill(const PushResult& r) {
+    reply_->set_duplicate(r.duplicate);
+    reply_->set_contributions(r.contributions);
+    reply_->set_open_round(r.open_round);
+  }
+
   v1::PushReply* reply_;
-  v1::PushMessage msg_;
-  bool have_header_ = false;
   WorkerKey key_;
   uint32_t fragment_ = 0;
   uint64_t round_ = 0;
-  uint64_t declared_ = 0;
   uint32_t crc_ = 0;
   std::vector<uint8_t> payload_;
 };

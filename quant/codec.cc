@@ -52,14 +52,6 @@ std::string Hex(uint32_t v) {
 
 uint64_t ParamsPerBlock(Format f) { return Traits(f).kind == Kind::kIntAsym ? 2 : 1; }
 
-// Index of the first NaN/Inf in x (for the error message).
-size_t FirstNonFinite(std::span<const float> x) {
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i])) return i;
-  }
-  return x.size();
-}
-
 Status NonFiniteError(std::span<const float> in) {
   const size_t i = FirstNonFinite(in);
   return InvalidArgument(
@@ -228,6 +220,13 @@ Status DecodeImpl(std::span<const uint8_t> payload, std::span<float> out, float 
 }
 
 }  // namespace
+
+size_t FirstNonFinite(std::span<const float> x) {
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return x.size();
+}
 
 Status EncodeInto(const CodecSpec& spec, std::span<const float> in, std::span<uint8_t> out) {
   LOWBAND_RETURN_IF_ERROR(Validate(spec));

@@ -131,4 +131,7 @@ Status EncodeWithFeedback(const CodecSpec& spec, std::span<const float> x, std::
 // CPU has SSE4.2; the same value either way.
 uint32_t Crc32c(std::span<const uint8_t> data, uint32_t crc = 0);
 
+// Index of the first NaN or infinity in `x`, or x.size() when every value is finite.
+size_t FirstNonFinite(std::span<const float> x);
+
 }  // namespace lowband::quant

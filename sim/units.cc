@@ -90,11 +90,15 @@ StatusOr<double> ParseSeconds(std::string_view text) {
   double value = 0;
   std::string unit;
   const std::string accepted =
-      "a number with an optional unit: us, ms, s (the default), min, h; e.g. 20ms, 0.8s";
+      "a number with a unit: ns, us, ms, s, m/min, h (0 needs none); e.g. 20ms, 0.8s";
   if (!SplitNumber(text, &value, &unit)) {
     return InvalidArgument("duration '" + std::string(text) + "' is not " + accepted);
   }
   double scale = 0;
+  if (unit.empty() && value != 0) {
+    return InvalidArgument("duration '" + std::string(text) +
+                           "' has no unit (40 could be seconds or ms); give " + accepted);
+  }
   if (unit.empty() || unit == "s" || unit == "sec") {
     scale = 1;
   } else if (unit == "ms") {
@@ -103,7 +107,7 @@ StatusOr<double> ParseSeconds(std::string_view text) {
     scale = 1e-6;
   } else if (unit == "ns") {
     scale = 1e-9;
-  } else if (unit == "min") {
+  } else if (unit == "min" || unit == "m") {
     scale = 60;
   } else if (unit == "h") {
     scale = 3600;

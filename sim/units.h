@@ -6,10 +6,12 @@
 // case-insensitive, may be followed by "/s" ("12.3 Mbit/s", the form FormatBandwidth prints, reads
 // back), and "inf"/"unlimited" is an infinitely fast link. A bare number is refused: tc reads it as
 // bytes/s, most people mean bits/s, and the difference is a factor of 8.
-// Durations: "20ms", "0.8s", "250us", "1.5min", "2h"; a bare number is seconds.
+// Durations: "20ms", "0.8s", "250us", "1.5min" (or "1.5m"), "2h"; a bare number other than 0 is
+// refused (is "40" seconds or milliseconds?).
 // Counts: "1.2e9", "350M", "7B" (k/K = 10^3, M = 10^6, B/G = 10^9, T = 10^12).
 //
-// This module is sim's own (it must not depend on comm/); comm::ParseRate may read the same forms.
+// Every subcommand reads rates and durations through these (`lowband link`, `launch --link-*`,
+// `simulate`), so one spelling means one thing everywhere.
 // Thread safety: pure functions. Lifetimes: nothing is retained.
 #pragma once
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -22,6 +23,7 @@
 
 #include "comm/link_shaper.h"
 #include "comm/metrics.h"
+#include "sim/units.h"
 #include "tools/command.h"
 
 namespace lowband::tools {
@@ -32,7 +34,8 @@ constexpr const char* kFooter =
     R"(The link, per direction (up = client -> upstream, down = upstream -> client):
   rate     one token bucket per direction, shared by every connection through this shaper (like one
            real link). tc units: 100mbit, 1gbit, 500kbit, 8000bit are bits/s; 10mbps, 500kbps are
-           BYTES/s; kibit/mibit/gibit are powers of 1024; a plain number is bits/s; 0 = unlimited.
+           BYTES/s; kibit/mibit/gibit are powers of 1024; "unlimited" (or no --rate) = no limit; a
+           bare number is refused (tc would read it as bytes/s).
            Payload bytes are counted (TCP/IP headers are not).
   latency  one-way propagation delay added after serialization (40ms, 1s, 500us, 0), so a ping's
            round trip grows by up-latency + down-latency.
@@ -71,6 +74,12 @@ struct LinkArgs {
 };
 
 // The value of the first non-empty text, parsed; `fallback` when both are empty.
+// A link rate: sim::ParseBandwidth's forms; "unlimited"/"inf" is LinkDirection's 0 (no limit).
+StatusOr<double> ParseLinkRate(std::string_view text) {
+  LOWBAND_ASSIGN_OR_RETURN(const double bps, sim::ParseBandwidth(text));
+  return std::isinf(bps) ? 0.0 : bps;
+}
+
 double ParseOr(const std::string& specific, const std::string& both, double fallback,
                StatusOr<double> (*parse)(std::string_view), const char* flag_specific,
                const char* flag_both) {
@@ -123,22 +132,21 @@ void RunLink(const LinkArgs& args) {
   comm::LinkShaperOptions options;
   options.listen = args.listen;
   options.upstream = args.upstream;
-  options.up.rate_bits_per_second =
-      ParseOr(args.up_rate, args.rate, 0, comm::ParseRate, "--up-rate", "--rate");
+  options.up.rate_bits_per_second = ParseOr(args.up_rate, args.rate, 0, ParseLinkRate, "--up-rate", "--rate");
   options.down.rate_bits_per_second =
-      ParseOr(args.down_rate, args.rate, 0, comm::ParseRate, "--down-rate", "--rate");
+      ParseOr(args.down_rate, args.rate, 0, ParseLinkRate, "--down-rate", "--rate");
   options.up.latency_seconds =
-      ParseOr(args.up_latency, args.latency, 0, comm::ParseDuration, "--up-latency", "--latency");
+      ParseOr(args.up_latency, args.latency, 0, sim::ParseSeconds, "--up-latency", "--latency");
   options.down.latency_seconds =
-      ParseOr(args.down_latency, args.latency, 0, comm::ParseDuration, "--down-latency", "--latency");
+      ParseOr(args.down_latency, args.latency, 0, sim::ParseSeconds, "--down-latency", "--latency");
   options.up.jitter_seconds =
-      ParseOr(args.up_jitter, args.jitter, 0, comm::ParseDuration, "--up-jitter", "--jitter");
+      ParseOr(args.up_jitter, args.jitter, 0, sim::ParseSeconds, "--up-jitter", "--jitter");
   options.down.jitter_seconds =
-      ParseOr(args.down_jitter, args.jitter, 0, comm::ParseDuration, "--down-jitter", "--jitter");
+      ParseOr(args.down_jitter, args.jitter, 0, sim::ParseSeconds, "--down-jitter", "--jitter");
   options.connect_timeout_seconds =
-      ParseOr(args.connect_timeout, "", 10, comm::ParseDuration, "--connect-timeout", "--connect-timeout");
+      ParseOr(args.connect_timeout, "", 10, sim::ParseSeconds, "--connect-timeout", "--connect-timeout");
   const double stats_every =
-      ParseOr(args.stats_every, "", 5, comm::ParseDuration, "--stats-every", "--stats-every");
+      ParseOr(args.stats_every, "", 5, sim::ParseSeconds, "--stats-every", "--stats-every");
   options.seed = args.seed;
   options.burst_bytes = args.burst;
   options.buffer_bytes = args.buffer;
@@ -246,7 +254,7 @@ void RegisterLink(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--upstream", args->upstream, "Where connections are forwarded, HOST:PORT (required)");
   cmd->add_option("--rate", args->rate,
-                  "Rate of both directions, tc units (100mbit, 10mbps = bytes/s; 0 = unlimited)");
+                  "Rate of both directions, tc units (100mbit, 10mbps = bytes/s; unlimited)");
   cmd->add_option("--latency", args->latency, "One-way latency of both directions (40ms, 1s, 500us)");
   cmd->add_option("--jitter", args->jitter, "Latency jitter of both directions: U(-J, +J) per segment");
   cmd->add_option("--up-rate", args->up_rate, "Rate client -> upstream (overrides --rate)");

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -23,8 +24,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "comm/link_shaper.h"
 #include "comm/metrics.h"
+#include "sim/units.h"
 
 extern char** environ;
 
@@ -119,9 +120,30 @@ class JsonlFollower {
   std::streamoff offset_ = 0;
 };
 
-void KillAll(std::vector<Child>& children, int sig) {
-  for (auto& c : children) {
-    if (!c.done && c.pid > 0) ::kill(c.pid, sig);
+// Asks children[which] to stop (SIGTERM), waits up to `grace` for them to exit, then kills
+// (SIGKILL) and reaps whatever is left.
+void Stop(std::vector<Child>& children, const std::vector<size_t>& which, std::chrono::milliseconds grace) {
+  for (size_t i : which) {
+    if (!children[i].done) ::kill(children[i].pid, SIGTERM);
+  }
+  const auto end = std::chrono::steady_clock::now() + grace;
+  for (;;) {
+    bool all = true;
+    for (size_t i : which) {
+      Child& c = children[i];
+      if (!c.done && ::waitpid(c.pid, &c.status, WNOHANG) == c.pid) c.done = true;
+      all = all && c.done;
+    }
+    if (all || std::chrono::steady_clock::now() >= end) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  for (size_t i : which) {
+    Child& c = children[i];
+    if (!c.done) {
+      ::kill(c.pid, SIGKILL);
+      ::waitpid(c.pid, &c.status, 0);
+      c.done = true;
+    }
   }
 }
 
@@ -347,7 +369,7 @@ StatusOr<nlohmann::json> LinkSummary(const LaunchOptions& o) {
   if (!o.netns.empty()) {
     link["kind"] = HasLink(o) ? "netns-tbf+shaper" : "netns-tbf";
     if (!o.netns_rate.empty()) {
-      LOWBAND_ASSIGN_OR_RETURN(const double rate, comm::ParseRate(o.netns_rate));
+      LOWBAND_ASSIGN_OR_RETURN(const double rate, sim::ParseBandwidth(o.netns_rate));
       link["rate_mbit"] = rate / 1e6;
     }
   } else {
@@ -355,8 +377,8 @@ StatusOr<nlohmann::json> LinkSummary(const LaunchOptions& o) {
   }
   auto set_rate = [&](const std::string& text, const char* key) -> Status {
     if (text.empty()) return Status::Ok();
-    LOWBAND_ASSIGN_OR_RETURN(const double rate, comm::ParseRate(text));
-    link[key] = rate / 1e6;
+    LOWBAND_ASSIGN_OR_RETURN(const double rate, sim::ParseBandwidth(text));
+    if (std::isfinite(rate)) link[key] = rate / 1e6;  // "unlimited": no rate to record
     return Status::Ok();
   };
   LOWBAND_RETURN_IF_ERROR(set_rate(o.link_rate, "rate_mbit"));
@@ -365,11 +387,11 @@ StatusOr<nlohmann::json> LinkSummary(const LaunchOptions& o) {
   if (!link.contains("rate_mbit") && link.contains("up_rate_mbit")) link["rate_mbit"] = link["up_rate_mbit"];
   link["latency_ms"] = 0.0;
   if (!o.link_latency.empty()) {
-    LOWBAND_ASSIGN_OR_RETURN(const double latency, comm::ParseDuration(o.link_latency));
+    LOWBAND_ASSIGN_OR_RETURN(const double latency, sim::ParseSeconds(o.link_latency));
     link["latency_ms"] = latency * 1e3;
   }
   if (!o.link_jitter.empty()) {
-    LOWBAND_ASSIGN_OR_RETURN(const double jitter, comm::ParseDuration(o.link_jitter));
+    LOWBAND_ASSIGN_OR_RETURN(const double jitter, sim::ParseSeconds(o.link_jitter));
     link["jitter_ms"] = jitter * 1e3;
   }
   if (HasLink(o)) {
@@ -417,35 +439,10 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   std::vector<std::unique_ptr<CpuCap>> caps;  // destroyed after the children are reaped
   std::optional<size_t> coordinator_child;
   std::vector<size_t> worker_children, shaper_children;
-  auto stop = [&](std::vector<size_t> which) {
-    for (size_t i : which) {
-      if (!children[i].done) ::kill(children[i].pid, SIGTERM);
-    }
-    for (int t = 0; t < 100; ++t) {
-      bool all = true;
-      for (size_t i : which) {
-        if (!children[i].done && ::waitpid(children[i].pid, &children[i].status, WNOHANG) == children[i].pid)
-          children[i].done = true;
-        all = all && children[i].done;
-      }
-      if (all) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    for (size_t i : which) {
-      if (!children[i].done) {
-        ::kill(children[i].pid, SIGKILL);
-        ::waitpid(children[i].pid, &children[i].status, 0);
-        children[i].done = true;
-      }
-    }
-  };
   auto fail = [&](Status s) {
-    KillAll(children, SIGTERM);
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    KillAll(children, SIGKILL);
-    for (auto& c : children) {
-      if (!c.done) ::waitpid(c.pid, nullptr, 0);
-    }
+    std::vector<size_t> all(children.size());
+    std::iota(all.begin(), all.end(), size_t{0});
+    Stop(children, all, std::chrono::milliseconds(500));
     return s;
   };
 
@@ -591,9 +588,9 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
       Reap(children);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    stop({*coordinator_child});
+    Stop(children, {*coordinator_child}, std::chrono::seconds(10));
   }
-  stop(shaper_children);  // they write their final stats on SIGTERM
+  Stop(children, shaper_children, std::chrono::seconds(10));  // they write their final stats on SIGTERM
   LOWBAND_ASSIGN_OR_RETURN(nlohmann::json summary, Summarize(o.out, config, o.workers, wall));
   if (shaped || lab) {
     LOWBAND_ASSIGN_OR_RETURN(summary["link"], LinkSummary(o));

@@ -88,12 +88,9 @@ class TokenDataset final : public Dataset {
   // Everything is prepared by Open; the constructor only takes ownership.
   TokenDataset(const DataConfig& c, std::vector<int64_t> train, std::vector<Batch> eval, int64_t shard_begin,
                int64_t train_total, int64_t vocab, uint64_t key)
-      : config_(c),
+      : Dataset(TaskKind::kLanguageModel, vocab, std::move(eval), shard_begin, train_total),
+        config_(c),
         train_(std::move(train)),
-        eval_(std::move(eval)),
-        shard_begin_(shard_begin),
-        train_total_(train_total),
-        vocab_(vocab),
         key_(key) {}
 
   static StatusOr<std::unique_ptr<Dataset>> Open(const DataConfig& c, const std::string& path,
@@ -162,21 +159,7 @@ class TokenDataset final : public Dataset {
     return MakeWindows(train_, starts, T);
   }
 
-  const std::vector<Batch>& EvalBatches() override { return eval_; }
   int64_t TrainSize() const override { return static_cast<int64_t>(train_.size()); }
-  std::pair<int64_t, int64_t> ShardRange() const override {
-    return {shard_begin_, shard_begin_ + static_cast<int64_t>(train_.size())};
-  }
-  int64_t TrainTotal() const override { return train_total_; }
-  int64_t NumClasses() const override { return vocab_; }
-  TaskKind task() const override { return TaskKind::kLanguageModel; }
-  int64_t TrainBatchesDrawn() const override { return drawn_; }
-  Status SeekTrain(int64_t batches_drawn) override {
-    if (batches_drawn < 0)
-      return InvalidArgument("SeekTrain: batch index must be >= 0, got " + std::to_string(batches_drawn));
-    drawn_ = batches_drawn;
-    return Status::Ok();
-  }
 
  private:
   static Batch MakeWindows(const std::vector<int64_t>& tokens, const std::vector<int64_t>& starts,
@@ -227,12 +210,7 @@ class TokenDataset final : public Dataset {
 
   DataConfig config_;
   std::vector<int64_t> train_;  // this shard's tokens
-  std::vector<Batch> eval_;
-  int64_t shard_begin_;
-  int64_t train_total_;
-  int64_t vocab_;
   uint64_t key_;
-  int64_t drawn_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -306,11 +284,9 @@ class FashionMnistDataset final : public Dataset {
  public:
   FashionMnistDataset(const DataConfig& c, ImageSet train, std::vector<Batch> eval, int64_t shard_begin,
                       int64_t train_total, uint64_t seed, int shard)
-      : config_(c),
+      : Dataset(TaskKind::kImageClassification, kFashionClasses, std::move(eval), shard_begin, train_total),
+        config_(c),
         train_(std::move(train)),
-        eval_(std::move(eval)),
-        shard_begin_(shard_begin),
-        train_total_(train_total),
         seed_(seed),
         shard_(shard) {}
 
@@ -356,21 +332,7 @@ class FashionMnistDataset final : public Dataset {
     return MakeImageBatch(train_, idx);
   }
 
-  const std::vector<Batch>& EvalBatches() override { return eval_; }
   int64_t TrainSize() const override { return static_cast<int64_t>(train_.labels.size()); }
-  std::pair<int64_t, int64_t> ShardRange() const override {
-    return {shard_begin_, shard_begin_ + TrainSize()};
-  }
-  int64_t TrainTotal() const override { return train_total_; }
-  int64_t NumClasses() const override { return kFashionClasses; }
-  TaskKind task() const override { return TaskKind::kImageClassification; }
-  int64_t TrainBatchesDrawn() const override { return drawn_; }
-  Status SeekTrain(int64_t batches_drawn) override {
-    if (batches_drawn < 0)
-      return InvalidArgument("SeekTrain: batch index must be >= 0, got " + std::to_string(batches_drawn));
-    drawn_ = batches_drawn;
-    return Status::Ok();
-  }
 
  private:
   // A fresh Fisher-Yates order of the shard for `epoch`, a function of (seed, shard, epoch) only.
@@ -388,12 +350,8 @@ class FashionMnistDataset final : public Dataset {
 
   DataConfig config_;
   ImageSet train_;  // this shard's images and labels
-  std::vector<Batch> eval_;
-  int64_t shard_begin_;
-  int64_t train_total_;
   uint64_t seed_;
   int shard_;
-  int64_t drawn_ = 0;
   std::vector<int64_t> perm_;
   int64_t perm_epoch_ = -1;
 };
@@ -401,6 +359,13 @@ class FashionMnistDataset final : public Dataset {
 }  // namespace
 
 Dataset::~Dataset() = default;
+
+Status Dataset::SeekTrain(int64_t batches_drawn) {
+  if (batches_drawn < 0)
+    return InvalidArgument("SeekTrain: batch index must be >= 0, got " + std::to_string(batches_drawn));
+  drawn_ = batches_drawn;
+  return Status::Ok();
+}
 
 StatusOr<IdxHeader> ParseIdxHeader(std::string_view bytes, int expected_rank, const std::string& what) {
   const auto size = static_cast<int64_t>(bytes.size());

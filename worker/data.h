@@ -44,25 +44,42 @@ class Dataset {
 
   // The next training batch from this worker's shard; deterministic from (seed, shard, batch index).
   virtual Batch NextTrainBatch() = 0;
-  // The fixed held-out batches: identical on every worker, whatever the shard count.
-  virtual const std::vector<Batch>& EvalBatches() = 0;
   // Tokens (token data) or examples (images) in this worker's training shard.
   virtual int64_t TrainSize() const = 0;
+
+  // The fixed held-out batches: identical on every worker, whatever the shard count.
+  const std::vector<Batch>& EvalBatches() const { return eval_; }
   // This shard's slice [begin, end) of the training part, in tokens or examples.
-  virtual std::pair<int64_t, int64_t> ShardRange() const = 0;
+  std::pair<int64_t, int64_t> ShardRange() const { return {shard_begin_, shard_begin_ + TrainSize()}; }
   // Size of the training part (all shards together), in tokens or examples.
-  virtual int64_t TrainTotal() const = 0;
+  int64_t TrainTotal() const { return train_total_; }
   // Number of distinct targets: token ids (256 for bytes) or classes (10 for Fashion-MNIST).
-  virtual int64_t NumClasses() const = 0;
-  virtual TaskKind task() const = 0;
+  int64_t NumClasses() const { return num_classes_; }
+  TaskKind task() const { return task_; }
   // Training batches drawn so far (a resumable position; store it in checkpoints).
-  virtual int64_t TrainBatchesDrawn() const = 0;
+  int64_t TrainBatchesDrawn() const { return drawn_; }
   // Positions the training stream so that the next batch is batch number `batches_drawn`, exactly as
   // if that many batches had been drawn since opening.
-  [[nodiscard]] virtual Status SeekTrain(int64_t batches_drawn) = 0;
+  [[nodiscard]] Status SeekTrain(int64_t batches_drawn);
 
  protected:
-  Dataset() = default;
+  Dataset(TaskKind task, int64_t num_classes, std::vector<Batch> eval, int64_t shard_begin,
+          int64_t train_total)
+      : task_(task),
+        num_classes_(num_classes),
+        eval_(std::move(eval)),
+        shard_begin_(shard_begin),
+        train_total_(train_total) {}
+
+  // The position NextTrainBatch draws from; it advances it by one per batch.
+  int64_t drawn_ = 0;
+
+ private:
+  TaskKind task_;
+  int64_t num_classes_;
+  std::vector<Batch> eval_;
+  int64_t shard_begin_;
+  int64_t train_total_;
 };
 
 // Opens `config.dataset` and returns the training shard `shard` of `num_shards` (0 <= shard <

@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "comm/coordinator_client.h"
+#include "comm/link_shaper.h"
 #include "comm/outer_update.h"
 #include "comm/wire.h"
 #include "coordinator/core.h"
@@ -336,6 +337,35 @@ TEST_F(RpcTest, GetUpdateWaitsUntilItsDeadlineWithoutBlockingTheServer) {
   // Asking for a round that has not opened is refused at once.
   auto future = a->GetUpdate(2, 5, 5s);
   EXPECT_EQ(future.status().code(), StatusCode::kOutOfRange) << future.status().ToString();
+}
+
+// GetUpdate's timeout bounds the wait for the round, not the transfer: an update that takes five
+// times that long to come down a slow link (a `LinkShaper` between worker and coordinator) still
+// arrives, whole, instead of being cut off and fetched again.
+TEST_F(RpcTest, SlowUpdateTransferIsNotCutByTheWaitBound) {
+  StartServer();
+  auto a = SeededClient();
+  auto g = a->Bootstrap();
+  ASSERT_TRUE(g.ok());
+  const uint64_t update_bytes = *core_->ContributionBytes(2);
+  comm::LinkShaperOptions lo;
+  lo.upstream = server_->target();
+  lo.down.rate_bits_per_second = static_cast<double>(update_bytes) * 8.0;  // the update: ~1 s
+  lo.burst_bytes = 64;
+  auto shaper = comm::LinkShaper::Start(lo);
+  ASSERT_TRUE(shaper.ok()) << shaper.status().ToString();
+  auto b = comm::CoordinatorClient::Connect("127.0.0.1:" + std::to_string((*shaper)->port()), FastClient());
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_TRUE((*b)->Join(Params("slow")).ok());
+  testing::FakeWorker w(g->fragments, 9);
+  ASSERT_TRUE(a->PushFragment(2, 0, w.Contribution(2, core_->options().upload_codec)).ok());
+  ASSERT_TRUE((*b)->PushFragment(2, 0, w.Contribution(2, core_->options().upload_codec)).ok());
+  const auto start = std::chrono::steady_clock::now();
+  auto u = (*b)->GetUpdate(2, 0, 200ms);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(u.ok()) << u.status().ToString();
+  EXPECT_EQ(u->size(), update_bytes);
+  EXPECT_GT(took, 500ms) << "the link was not slow enough to prove anything";
 }
 
 TEST_F(RpcTest, StoppingTheServerReleasesWaitingCalls) {

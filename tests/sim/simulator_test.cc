@@ -539,10 +539,57 @@ TEST(UnitsTest, ParsesRatesLikeTc) {
   EXPECT_EQ(*ParseBandwidth(FormatBandwidth(123e9)), 123e9);
 }
 
+// The forms `lowband link` and `lowband launch --link-*` read (they use these parsers too).
+TEST(UnitsTest, RatesInTcUnits) {
+  struct Case {
+    const char* text;
+    double bits;
+  };
+  for (const Case& c :
+       {Case{"100mbit", 100e6}, Case{"1gbit", 1e9}, Case{"500kbit", 500e3}, Case{"8000bit", 8000},
+        Case{"10mbps", 80e6}, Case{"1kbps", 8000}, Case{"100bps", 800}, Case{"2.5mbit", 2.5e6},
+        Case{"1kibit", 1024}, Case{"1mibit", 1048576}, Case{" 100MBit ", 100e6}, Case{"1tbit", 1e12}}) {
+    auto r = ParseBandwidth(c.text);
+    ASSERT_TRUE(r.ok()) << c.text << ": " << r.status().ToString();
+    EXPECT_DOUBLE_EQ(*r, c.bits) << c.text;
+  }
+  EXPECT_TRUE(std::isinf(*ParseBandwidth("unlimited")));
+  for (const char* text :
+       {"fast", "", "-1mbit", "10mbitx", "mbit", "10xbit", "1e9", "10 mb", "10mb", "nan", "0", "1000000"}) {
+    auto r = ParseBandwidth(text);
+    ASSERT_FALSE(r.ok()) << "'" << text << "' parsed as " << *r;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("'" + std::string(text) + "'"), std::string::npos)
+        << r.status().message();
+  }
+}
+
+TEST(UnitsTest, DurationsNeedAUnit) {
+  struct Case {
+    const char* text;
+    double seconds;
+  };
+  for (const Case& c :
+       {Case{"40ms", 0.040}, Case{"1s", 1}, Case{"500us", 500e-6}, Case{"0", 0}, Case{"2.5ms", 0.0025},
+        Case{"1m", 60}, Case{"1min", 60}, Case{"100ns", 100e-9}, Case{"0ms", 0}, Case{" 20MS", 0.020}}) {
+    auto r = ParseSeconds(c.text);
+    ASSERT_TRUE(r.ok()) << c.text << ": " << r.status().ToString();
+    EXPECT_DOUBLE_EQ(*r, c.seconds) << c.text;
+  }
+  for (const char* text : {"40", "soon", "", "-1ms", "10 parsecs", "ms", "5mss"}) {
+    auto r = ParseSeconds(text);
+    ASSERT_FALSE(r.ok()) << "'" << text << "' parsed as " << *r;
+    EXPECT_NE(r.status().message().find("'" + std::string(text) + "'"), std::string::npos)
+        << r.status().message();
+  }
+}
+
 TEST(UnitsTest, ParsesDurationsAndCounts) {
   EXPECT_DOUBLE_EQ(*ParseSeconds("20ms"), 0.02);
   EXPECT_DOUBLE_EQ(*ParseSeconds("0.8s"), 0.8);
-  EXPECT_DOUBLE_EQ(*ParseSeconds("0.8"), 0.8);
+  // A bare number other than 0 is ambiguous (seconds? milliseconds?) and refused.
+  EXPECT_NE(ParseSeconds("0.8").status().message().find("no unit"), std::string::npos);
+  EXPECT_EQ(*ParseSeconds("0"), 0.0);
   EXPECT_DOUBLE_EQ(*ParseSeconds("250us"), 250e-6);
   EXPECT_DOUBLE_EQ(*ParseSeconds("2min"), 120);
   EXPECT_FALSE(ParseSeconds("-1s").ok());
