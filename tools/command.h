@@ -23,5 +23,6 @@ void RegisterData(CLI::App& app);
 void RegisterReport(CLI::App& app);
 void RegisterLink(CLI::App& app);
 void RegisterSimulate(CLI::App& app);
+void RegisterSplit(CLI::App& app);
 
 }  // namespace lowband::tools

@@ -17,6 +17,7 @@
 
 #include "quant/codec.h"
 #include "quant/status.h"
+#include "split/config.h"
 #include "worker/config.h"
 
 namespace lowband::tools {
@@ -94,6 +95,8 @@ struct RunConfig {
   DilocoConfig diloco;
   CodecConfig codec;
   CoordinatorSection coordinator;
+  // Split learning (`lowband split-server` / `split-client`).
+  split::SplitConfig split;
 
   // inner.total_steps 0 means "= steps" (the cosine ends with the run).
   RunConfig() { inner.total_steps = 0; }

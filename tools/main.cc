@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   lowband::tools::RegisterReport(app);
   lowband::tools::RegisterLink(app);
   lowband::tools::RegisterSimulate(app);
+  lowband::tools::RegisterSplit(app);
 
   try {
     app.parse(argc, argv);

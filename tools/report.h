@@ -7,6 +7,11 @@
 // not a JSON object is skipped and counted, because a run killed mid-write leaves a partial last line;
 // a summary that is missing or has a wrong-typed field is an error naming the file and the field.
 //
+// Runs of `lowband split-client --out DIR` (summary.json with "task" or "final_bits_histogram" and no
+// "algo") get a report of their own (tools/report_split.cc): held-out accuracy or perplexity against
+// the fp32 run of the same task, bits and bytes per example on the wire, and their plots. One call
+// reports training runs or split runs, not both (InvalidArgument naming one of each).
+//
 // Output, all in OUT (docs/run-outputs.md): report.md (tables + embedded plots), and for each plot a
 // gnuplot script NAME.gp, the .dat files it reads and the NAME.png it draws. The scripts and data are
 // kept so users can tweak a plot and re-render it with `cd OUT && gnuplot NAME.gp`. gnuplot runs as a
@@ -109,8 +114,9 @@ struct RunData {
 };
 
 // Reads DIR/summary.json and DIR/metrics/. Errors: NotFound (no directory or no summary.json),
-// DataLoss (summary.json is not JSON), InvalidArgument (a field is missing or has the wrong type);
-// each message names the file and the field and says how to produce a run directory.
+// DataLoss (summary.json is not JSON), InvalidArgument (a field is missing or has the wrong type, or
+// the directory is a split-learning run); each message names the file and the field and says how to
+// produce a run directory.
 StatusOr<RunData> LoadRun(const std::filesystem::path& dir);
 
 struct ReportOptions {
@@ -140,8 +146,12 @@ struct ReportResult {
   bool plots_skipped = false;                // true when gnuplot could not be used at all
   std::string plots_skipped_reason;
   int64_t bad_metrics_lines = 0;  // over all runs
-  nlohmann::json table;           // ComparisonTable() plus "report": report.md's path (`--json` prints it)
-  std::vector<RunData> runs;
+  // ComparisonTable() plus "report": report.md's path (`--json` prints it). For split runs:
+  // {"kind": "split", "baselines": {task: fp32 run}, "runs": [{name, task, codec, codec_label,
+  // final_accuracy, final_perplexity, delta_vs_fp32, delta_unit, mean_bits_up, mean_bits_down,
+  // bytes_per_example, bitmap_bytes, compression_vs_fp32, wall_seconds, ...}], "report"}.
+  nlohmann::json table;
+  std::vector<RunData> runs;  // training runs (empty for a split-run report)
 };
 
 // Loads every run, writes OUT/report.md, the scripts and data, and runs gnuplot on each script.

@@ -162,22 +162,31 @@ StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   return path.string();
 }
 
-StatusOr<CheckpointExtras> LoadCheckpoint(const std::string& dir, Model& model, InnerOptimizer& optimizer) {
-  LOWBAND_ASSIGN_OR_RETURN(const std::string path_name, LatestCheckpoint(dir));
+namespace {
+
+// A checkpoint's meta.json and parameter values, checked against `model`'s names and shapes; nothing
+// of the model is changed.
+struct LoadedParams {
+  nlohmann::json meta;
+  std::vector<torch::Tensor> values;
+};
+
+StatusOr<LoadedParams> ReadParams(const std::string& path_name, Model& model) {
   const fs::path path(path_name);
   const auto damaged = [&](const std::string& what) {
     return DataLoss("checkpoint " + Quoted(path_name) + ": " + what);
   };
   LOWBAND_ASSIGN_OR_RETURN(const std::string meta_text, ReadWholeFile(path / "meta.json"));
-  const nlohmann::json meta = nlohmann::json::parse(meta_text, nullptr, /*allow_exceptions=*/false);
+  LoadedParams out;
+  out.meta = nlohmann::json::parse(meta_text, nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json& meta = out.meta;
   if (meta.is_discarded() || !meta.is_object()) return damaged("meta.json is not valid JSON");
   if (meta.value("format", "") != kFormat || meta.value("version", 0) != kVersion) {
     return damaged("meta.json has format " + meta.value("format", std::string("?")) + " version " +
                    std::to_string(meta.value("version", 0)) + ", expected " + kFormat + " version " +
                    std::to_string(kVersion));
   }
-
-  return GuardTorch("LoadCheckpoint " + Quoted(path_name), [&]() -> StatusOr<CheckpointExtras> {
+  return GuardTorch("LoadCheckpoint " + Quoted(path_name), [&]() -> StatusOr<LoadedParams> {
     // Check the signature before touching anything.
     const auto named = model.NamedParameters();
     const nlohmann::json& params = meta.at("params");
@@ -196,15 +205,32 @@ StatusOr<CheckpointExtras> LoadCheckpoint(const std::string& dir, Model& model, 
                                "; it was written for a different model configuration");
       }
     }
-
     torch::serialize::InputArchive model_archive;
     model_archive.load_from((path / "model.pt").string());
-    std::vector<torch::Tensor> values(named.size());
+    out.values.resize(named.size());
     for (size_t i = 0; i < named.size(); ++i) {
-      model_archive.read(Key('p', i), values[i]);
-      if (values[i].sizes() != named[i].second.sizes()) return damaged("model.pt does not match meta.json");
+      model_archive.read(Key('p', i), out.values[i]);
+      if (out.values[i].sizes() != named[i].second.sizes())
+        return damaged("model.pt does not match meta.json");
     }
+    return std::move(out);
+  });
+}
 
+void WriteParams(Model& model, const std::vector<torch::Tensor>& values) {
+  torch::NoGradGuard no_grad;
+  const auto named = model.NamedParameters();
+  for (size_t i = 0; i < named.size(); ++i) named[i].second.copy_(values[i]);
+}
+
+}  // namespace
+
+StatusOr<CheckpointExtras> LoadCheckpoint(const std::string& dir, Model& model, InnerOptimizer& optimizer) {
+  LOWBAND_ASSIGN_OR_RETURN(const std::string path_name, LatestCheckpoint(dir));
+  LOWBAND_ASSIGN_OR_RETURN(LoadedParams loaded, ReadParams(path_name, model));
+  const fs::path path(path_name);
+  const nlohmann::json& meta = loaded.meta;
+  return GuardTorch("LoadCheckpoint " + Quoted(path_name), [&]() -> StatusOr<CheckpointExtras> {
     CheckpointExtras extras;
     extras.metadata = meta.value("metadata", nlohmann::json::object());
     torch::serialize::InputArchive extra_archive;
@@ -215,7 +241,8 @@ StatusOr<CheckpointExtras> LoadCheckpoint(const std::string& dir, Model& model, 
       extra_archive.read(Key('e', e), t);
       t = t.to(torch::kFloat).contiguous();
       const auto size = vectors[e].at("size").get<int64_t>();
-      if (t.numel() != size) return damaged("extra.pt does not match meta.json");
+      if (t.numel() != size)
+        return DataLoss("checkpoint " + Quoted(path_name) + ": extra.pt does not match meta.json");
       std::vector<float>& out = extras.vectors[vectors[e].at("name").get<std::string>()];
       out.assign(t.data_ptr<float>(), t.data_ptr<float>() + size);
     }
@@ -223,11 +250,22 @@ StatusOr<CheckpointExtras> LoadCheckpoint(const std::string& dir, Model& model, 
     torch::serialize::InputArchive optimizer_archive;
     optimizer_archive.load_from((path / "optimizer.pt").string());
     LOWBAND_RETURN_IF_ERROR(optimizer.Load(optimizer_archive));
-
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < named.size(); ++i) named[i].second.copy_(values[i]);
+    WriteParams(model, loaded.values);
     return extras;
   });
+}
+
+StatusOr<std::string> LoadCheckpointParameters(const std::string& dir, Model& model) {
+  std::error_code ec;
+  std::string path_name;
+  if (fs::exists(fs::path(dir) / "meta.json", ec)) {
+    path_name = dir;  // one ckpt-* directory
+  } else {
+    LOWBAND_ASSIGN_OR_RETURN(path_name, LatestCheckpoint(dir));
+  }
+  LOWBAND_ASSIGN_OR_RETURN(LoadedParams loaded, ReadParams(path_name, model));
+  WriteParams(model, loaded.values);
+  return path_name;
 }
 
 }  // namespace lowband::worker

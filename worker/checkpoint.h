@@ -56,4 +56,9 @@ struct CheckpointOptions {
 [[nodiscard]] StatusOr<CheckpointExtras> LoadCheckpoint(const std::string& dir, Model& model,
                                                         InnerOptimizer& optimizer);
 
+// Loads only the parameters (no optimizer state, no extras) of the latest checkpoint in `dir`, or of
+// `dir` itself when it is one ckpt-* directory, into `model`: the start of a fine-tuning run. Same
+// checks as LoadCheckpoint; nothing is changed on a mismatch. Returns the checkpoint's path.
+[[nodiscard]] StatusOr<std::string> LoadCheckpointParameters(const std::string& dir, Model& model);
+
 }  // namespace lowband::worker

@@ -47,18 +47,22 @@ struct DataConfig {
   //   "text:PATH"        any file, read as bytes (UTF-8 text works as is; vocabulary 256)
   //   "tokens:PATH"      a flat file of little-endian uint16 token ids (vocabulary = max id + 1)
   //   "fashion-mnist"    <data_dir>/fashion-mnist (run `lowband data prepare fashion-mnist`)
+  //   "spam-assassin"    <data_dir>/spam-assassin/{train,heldout}.jsonl: spam/ham classification of
+  //                      e-mails as byte sequences (run `lowband data prepare spam-assassin`); the
+  //                      held-out split is fixed by the preparation, heldout_fraction does not apply
   std::string dataset = "brown";
   // Directory `lowband data prepare` wrote into.
   std::string data_dir = "data";
   // Examples (windows or images) per batch, for training and evaluation alike.
   int batch_size = 16;
-  // Tokens per training window (language data); should equal the model's context.
+  // Tokens per training window (language data), or bytes kept of each e-mail (text classification,
+  // padded to this length); should equal the model's context.
   int seq_len = 128;
   // Token data: fraction of the tokens, taken from the end, held out for evaluation.
   double heldout_fraction = 0.05;
   // Number of evaluation batches built from the held-out set (fewer if it is too small). Token data:
-  // consecutive non-overlapping windows from the start of the held-out part; images: the first
-  // eval_batches * batch_size test images.
+  // consecutive non-overlapping windows from the start of the held-out part; images and e-mails: the
+  // first eval_batches * batch_size held-out examples.
   int eval_batches = 16;
 };
 

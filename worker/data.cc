@@ -6,9 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <string_view>
 
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
+#include "worker/durable_file.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::worker {
@@ -174,7 +177,7 @@ class TokenDataset final : public Dataset {
       std::memcpy(in + i * T, w, static_cast<size_t>(T) * sizeof(int64_t));
       std::memcpy(tg + i * T, w + 1, static_cast<size_t>(T) * sizeof(int64_t));
     }
-    return Batch{inputs, targets};
+    return Batch{inputs, targets, torch::Tensor()};
   }
 
   static StatusOr<std::vector<int64_t>> ReadTokens(const std::string& path, int token_bytes, int64_t first,
@@ -211,6 +214,47 @@ class TokenDataset final : public Dataset {
   DataConfig config_;
   std::vector<int64_t> train_;  // this shard's tokens
   uint64_t key_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Example datasets (images, e-mails): the shard is visited in a fresh random order every epoch.
+
+// The order in which a shard of `n` examples is visited: position k of the stream is example
+// perm_e[k % n] of epoch e = k / n, where perm_e is a Fisher-Yates permutation drawn from
+// (seed, shard, e) only. So batch b is a pure function of (seed, shard, b), whatever was drawn before.
+class EpochOrder {
+ public:
+  EpochOrder(uint64_t seed, int shard, int64_t n) : seed_(seed), shard_(shard), n_(n) {}
+
+  // The example indices of batch number `batch` (batch_size consecutive stream positions).
+  std::vector<int64_t> Indices(int64_t batch, int64_t batch_size) {
+    std::vector<int64_t> idx(static_cast<size_t>(batch_size));
+    for (int64_t i = 0; i < batch_size; ++i) {
+      const int64_t pos = batch * batch_size + i;
+      const int64_t epoch = pos / n_;
+      if (epoch != perm_epoch_) Shuffle(epoch);
+      idx[static_cast<size_t>(i)] = perm_[static_cast<size_t>(pos % n_)];
+    }
+    return idx;
+  }
+
+ private:
+  void Shuffle(int64_t epoch) {
+    perm_.resize(static_cast<size_t>(n_));
+    std::iota(perm_.begin(), perm_.end(), 0);
+    const uint64_t key = StreamKey(seed_, static_cast<uint64_t>(shard_), static_cast<uint64_t>(epoch) + 1);
+    for (int64_t i = n_ - 1; i > 0; --i) {
+      const auto j = static_cast<int64_t>(Draw(key, static_cast<uint64_t>(i)) % static_cast<uint64_t>(i + 1));
+      std::swap(perm_[static_cast<size_t>(i)], perm_[static_cast<size_t>(j)]);
+    }
+    perm_epoch_ = epoch;
+  }
+
+  uint64_t seed_;
+  int shard_;
+  int64_t n_;
+  std::vector<int64_t> perm_;
+  int64_t perm_epoch_ = -1;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -277,7 +321,7 @@ Batch MakeImageBatch(const ImageSet& set, const std::vector<int64_t>& indices) {
     for (int64_t j = 0; j < kPixels; ++j) in[i * kPixels + j] = (px[j] / 255.0F - kPixelMean) / kPixelStd;
     tg[i] = static_cast<unsigned char>(set.labels[idx]);
   }
-  return Batch{inputs, targets};
+  return Batch{inputs, targets, torch::Tensor()};
 }
 
 class FashionMnistDataset final : public Dataset {
@@ -287,8 +331,7 @@ class FashionMnistDataset final : public Dataset {
       : Dataset(TaskKind::kImageClassification, kFashionClasses, std::move(eval), shard_begin, train_total),
         config_(c),
         train_(std::move(train)),
-        seed_(seed),
-        shard_(shard) {}
+        order_(seed, shard, static_cast<int64_t>(train_.labels.size())) {}
 
   static StatusOr<std::unique_ptr<Dataset>> Open(const DataConfig& c, int shard, int num_shards,
                                                  uint64_t seed) {
@@ -320,40 +363,147 @@ class FashionMnistDataset final : public Dataset {
   }
 
   Batch NextTrainBatch() override {
-    const auto n = static_cast<int64_t>(train_.labels.size());
-    std::vector<int64_t> idx(static_cast<size_t>(config_.batch_size));
-    for (int64_t i = 0; i < config_.batch_size; ++i) {
-      const int64_t pos = drawn_ * config_.batch_size + i;
-      const int64_t epoch = pos / n;
-      if (epoch != perm_epoch_) Shuffle(epoch);
-      idx[static_cast<size_t>(i)] = perm_[static_cast<size_t>(pos % n)];
-    }
-    ++drawn_;
-    return MakeImageBatch(train_, idx);
+    return MakeImageBatch(train_, order_.Indices(drawn_++, config_.batch_size));
   }
 
   int64_t TrainSize() const override { return static_cast<int64_t>(train_.labels.size()); }
 
  private:
-  // A fresh Fisher-Yates order of the shard for `epoch`, a function of (seed, shard, epoch) only.
-  void Shuffle(int64_t epoch) {
-    const auto n = static_cast<int64_t>(train_.labels.size());
-    perm_.resize(static_cast<size_t>(n));
-    std::iota(perm_.begin(), perm_.end(), 0);
-    const uint64_t key = StreamKey(seed_, static_cast<uint64_t>(shard_), static_cast<uint64_t>(epoch) + 1);
-    for (int64_t i = n - 1; i > 0; --i) {
-      const auto j = static_cast<int64_t>(Draw(key, static_cast<uint64_t>(i)) % static_cast<uint64_t>(i + 1));
-      std::swap(perm_[static_cast<size_t>(i)], perm_[static_cast<size_t>(j)]);
-    }
-    perm_epoch_ = epoch;
-  }
-
   DataConfig config_;
   ImageSet train_;  // this shard's images and labels
-  uint64_t seed_;
-  int shard_;
-  std::vector<int64_t> perm_;
-  int64_t perm_epoch_ = -1;
+  EpochOrder order_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Text classification (spam-assassin)
+
+constexpr int64_t kSpamClasses = 2;
+constexpr int64_t kByteVocab = 256;
+
+struct TextExamples {
+  std::vector<std::string> texts;  // each cut to at most seq_len bytes
+  std::vector<int64_t> labels;
+  int64_t total = 0;  // examples (lines) in the whole file
+};
+
+// Reads examples [first, first + count) of a JSON-lines file of {"label": 0|1, "text": ...} objects
+// (count < 0: to the end), keeping the first `max_bytes` bytes of each text. `hint` is appended to
+// the error when the file is missing, `redo` when it is malformed.
+StatusOr<TextExamples> ReadTextExamples(const std::string& path, int64_t first, int64_t count,
+                                        int64_t max_bytes, const std::string& hint, const std::string& redo) {
+  LOWBAND_RETURN_IF_ERROR(FileSize(path, hint).status());
+  LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(path));
+  const std::string_view all(bytes);
+  std::vector<std::string_view> lines;
+  for (size_t pos = 0; pos < all.size();) {
+    size_t nl = all.find('\n', pos);
+    if (nl == std::string_view::npos) nl = all.size();
+    lines.push_back(all.substr(pos, nl - pos));
+    pos = nl + 1;
+  }
+  TextExamples out;
+  out.total = static_cast<int64_t>(lines.size());
+  if (count < 0) count = out.total - first;
+  count = std::max<int64_t>(0, std::min(count, out.total - first));
+  for (int64_t i = first; i < first + count; ++i) {
+    const std::string where = Quoted(path) + " line " + std::to_string(i + 1);
+    const auto j = nlohmann::json::parse(lines[static_cast<size_t>(i)], nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) return DataLoss(where + " is not a JSON object" + redo);
+    const auto label = j.find("label");
+    const auto text = j.find("text");
+    if (label == j.end() || !label->is_number_integer() || text == j.end() || !text->is_string()) {
+      return DataLoss(where + " lacks an integer \"label\" or a string \"text\"" + redo);
+    }
+    const auto value = label->get<int64_t>();
+    if (value < 0 || value >= kSpamClasses) {
+      return DataLoss(where + ": label " + std::to_string(value) + " is outside [0, 2)" + redo);
+    }
+    const auto& s = text->get_ref<const std::string&>();
+    out.texts.push_back(s.substr(0, static_cast<size_t>(std::min<int64_t>(max_bytes, std::ssize(s)))));
+    out.labels.push_back(value);
+  }
+  return out;
+}
+
+// inputs int64 [B, T] (bytes as ids, 0 -> space, padded with 0), targets int64 [B], lengths int64 [B].
+Batch MakeTextBatch(const TextExamples& set, const std::vector<int64_t>& indices, int64_t T) {
+  const auto b = static_cast<int64_t>(indices.size());
+  torch::Tensor inputs = torch::zeros({b, T}, torch::kLong);
+  torch::Tensor targets = torch::empty({b}, torch::kLong);
+  torch::Tensor lengths = torch::empty({b}, torch::kLong);
+  int64_t* in = inputs.data_ptr<int64_t>();
+  int64_t* tg = targets.data_ptr<int64_t>();
+  int64_t* len = lengths.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const auto idx = static_cast<size_t>(indices[static_cast<size_t>(i)]);
+    const std::string_view text = set.texts[idx].empty() ? std::string_view(" ") : set.texts[idx];
+    const int64_t n = std::min<int64_t>(T, std::ssize(text));
+    for (int64_t k = 0; k < n; ++k) {
+      const auto byte = static_cast<unsigned char>(text[static_cast<size_t>(k)]);
+      in[i * T + k] = byte == 0 ? int64_t{' '} : int64_t{byte};
+    }
+    tg[i] = set.labels[idx];
+    len[i] = n;
+  }
+  return Batch{inputs, targets, lengths};
+}
+
+class TextClassificationDataset final : public Dataset {
+ public:
+  TextClassificationDataset(const DataConfig& c, TextExamples train, std::vector<Batch> eval,
+                            int64_t shard_begin, int64_t train_total, uint64_t seed, int shard)
+      : Dataset(TaskKind::kTextClassification, kSpamClasses, std::move(eval), shard_begin, train_total),
+        config_(c),
+        train_(std::move(train)),
+        order_(seed, shard, static_cast<int64_t>(train_.labels.size())) {}
+
+  static StatusOr<std::unique_ptr<Dataset>> Open(const DataConfig& c, int shard, int num_shards,
+                                                 uint64_t seed) {
+    const std::string hint = "; run `lowband data prepare spam-assassin --data-dir " + c.data_dir + "`";
+    const std::string redo =
+        "; rerun `lowband data prepare spam-assassin --force --data-dir " + c.data_dir + "`";
+    const fs::path dir = fs::path(c.data_dir) / "spam-assassin";
+    const std::string train_path = (dir / "train.jsonl").string();
+    const std::string heldout_path = (dir / "heldout.jsonl").string();
+    // Both files must be there, even when no evaluation batches are asked for.
+    LOWBAND_RETURN_IF_ERROR(FileSize(heldout_path, hint).status());
+    LOWBAND_ASSIGN_OR_RETURN(TextExamples head, ReadTextExamples(train_path, 0, 0, c.seq_len, hint, redo));
+    const int64_t total = head.total;
+    const int64_t begin = total * shard / num_shards;
+    const int64_t end = total * (shard + 1) / num_shards;
+    if (end - begin < 1) {
+      return FailedPrecondition("spam-assassin: training shard " + std::to_string(shard) + " of " +
+                                std::to_string(num_shards) + " is empty (" + std::to_string(total) +
+                                " e-mails in " + Quoted(train_path) + "); use fewer workers");
+    }
+    LOWBAND_ASSIGN_OR_RETURN(TextExamples train,
+                             ReadTextExamples(train_path, begin, end - begin, c.seq_len, hint, redo));
+    std::vector<Batch> eval;
+    if (c.eval_batches > 0) {
+      LOWBAND_ASSIGN_OR_RETURN(
+          const TextExamples held,
+          ReadTextExamples(heldout_path, 0, int64_t{c.eval_batches} * c.batch_size, c.seq_len, hint, redo));
+      const auto n = static_cast<int64_t>(held.labels.size());
+      for (int64_t first = 0; first < n; first += c.batch_size) {
+        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(c.batch_size, n - first)));
+        std::iota(idx.begin(), idx.end(), first);
+        eval.push_back(MakeTextBatch(held, idx, c.seq_len));
+      }
+    }
+    return std::unique_ptr<Dataset>(
+        new TextClassificationDataset(c, std::move(train), std::move(eval), begin, total, seed, shard));
+  }
+
+  Batch NextTrainBatch() override {
+    return MakeTextBatch(train_, order_.Indices(drawn_++, config_.batch_size), config_.seq_len);
+  }
+
+  int64_t TrainSize() const override { return static_cast<int64_t>(train_.labels.size()); }
+
+ private:
+  DataConfig config_;
+  TextExamples train_;  // this shard's e-mails
+  EpochOrder order_;
 };
 
 }  // namespace
@@ -435,12 +585,31 @@ StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DataConfig& config, int sha
                                 num_shards, seed);
     }
     if (name == "fashion-mnist") return FashionMnistDataset::Open(config, shard, num_shards, seed);
+    if (name == "spam-assassin") return TextClassificationDataset::Open(config, shard, num_shards, seed);
     return InvalidArgument("data config: unknown dataset " + Quoted(name) +
-                           "; expected \"brown\", \"text:PATH\", \"tokens:PATH\" or \"fashion-mnist\"");
+                           "; expected \"brown\", \"text:PATH\", \"tokens:PATH\", \"fashion-mnist\" or "
+                           "\"spam-assassin\"");
   });
 }
 
 Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config, const Dataset& data) {
+  if (data.task() == TaskKind::kTextClassification) {
+    if (model.kind != "gpt" || model.vocab < kByteVocab) {
+      return InvalidArgument("dataset " + Quoted(data_config.dataset) +
+                             " is text classification over bytes (token ids 1..255, 0 = padding) and needs "
+                             "a byte-level GPT, model kind \"gpt\" with vocab >= 256 (the split-learning "
+                             "path adds its own " +
+                             std::to_string(data.NumClasses()) + "-class classification head); got kind " +
+                             Quoted(model.kind) +
+                             (model.kind == "gpt" ? " with vocab " + std::to_string(model.vocab) : ""));
+    }
+    if (data_config.seq_len > model.context) {
+      return InvalidArgument("data seq_len " + std::to_string(data_config.seq_len) +
+                             " (bytes kept per example) exceeds the model context " +
+                             std::to_string(model.context) + "; set seq_len <= context");
+    }
+    return Status::Ok();
+  }
   if (data.task() == TaskKind::kLanguageModel) {
     if (model.kind != "gpt") {
       return InvalidArgument("dataset " + Quoted(data_config.dataset) +

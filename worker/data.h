@@ -1,20 +1,30 @@
 // Datasets a worker trains on: byte-level text (the Brown corpus or any file), flat uint16 token
-// files, and Fashion-MNIST, each split into a fixed held-out set and per-worker training shards.
+// files, Fashion-MNIST, and the SpamAssassin e-mails (spam/ham classification of byte sequences), each
+// split into a fixed held-out set and per-worker training shards.
 //
 // Splits. The held-out set never depends on the number of workers: for token data it is the last
-// `heldout_fraction` of the tokens, for Fashion-MNIST the official t10k test set; every worker builds
-// the same evaluation batches from it. The training part (everything before the held-out tokens, or
-// the 60k training images) is cut into `num_shards` disjoint contiguous slices, one per worker; the
-// slices cover it exactly.
+// `heldout_fraction` of the tokens, for Fashion-MNIST the official t10k test set, for spam-assassin
+// the e-mails `lowband data prepare` put in heldout.jsonl (by checksum); every worker builds the same
+// evaluation batches from it. The training part (everything before the held-out tokens, the 60k
+// training images, or the lines of train.jsonl) is cut into `num_shards` disjoint contiguous slices,
+// one per worker; the slices cover it exactly.
 //
 // Sampling. Token data: each training example is a random window of seq_len+1 tokens inside the
-// shard (inputs = the first seq_len, targets = the last seq_len). Images: the shard is visited in a
-// fresh random order every epoch. Both are a pure function of (seed, shard, batch index), so a worker
-// can resume at batch k with SeekTrain(k) and draw exactly the batches it would have drawn.
+// shard (inputs = the first seq_len, targets = the last seq_len). Images and e-mails: the shard is
+// visited in a fresh random order every epoch. All are a pure function of (seed, shard, batch index),
+// so a worker can resume at batch k with SeekTrain(k) and draw exactly the batches it would have drawn.
+//
+// Text classification (spam-assassin): an example is the first seq_len bytes of an e-mail's cleaned
+// text as token ids 1..255 (a 0 byte becomes a space, so that 0 is only padding), padded at the end
+// with 0 to seq_len; Batch::lengths holds the real bytes of each row (>= 1: an empty text is one
+// space) and targets the labels (1 spam, 0 ham). Evaluation batches are the first
+// eval_batches * batch_size held-out e-mails in file order (ordered by checksum, so labels are mixed;
+// the last batch may be smaller).
 //
 // Files (written by `lowband data prepare`, see data_prep.h):
 //   <data_dir>/brown/brown.txt                   UTF-8 text, read as bytes (vocabulary 256)
 //   <data_dir>/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte   uncompressed IDX
+//   <data_dir>/spam-assassin/{train,heldout}.jsonl   one {"label": 0|1, "text": ...} object per line
 //
 // Thread safety: a Dataset is used by one thread at a time. Lifetimes: batches are fresh CPU tensors
 // owned by the caller; EvalBatches() stays valid as long as the Dataset.
@@ -34,7 +44,7 @@
 namespace lowband::worker {
 
 // What the dataset's batches are for, so a caller can check it against the model.
-enum class TaskKind { kLanguageModel, kImageClassification };
+enum class TaskKind { kLanguageModel, kImageClassification, kTextClassification };
 
 class Dataset {
  public:
@@ -44,7 +54,7 @@ class Dataset {
 
   // The next training batch from this worker's shard; deterministic from (seed, shard, batch index).
   virtual Batch NextTrainBatch() = 0;
-  // Tokens (token data) or examples (images) in this worker's training shard.
+  // Tokens (token data) or examples (images, e-mails) in this worker's training shard.
   virtual int64_t TrainSize() const = 0;
 
   // The fixed held-out batches: identical on every worker, whatever the shard count.
@@ -53,7 +63,8 @@ class Dataset {
   std::pair<int64_t, int64_t> ShardRange() const { return {shard_begin_, shard_begin_ + TrainSize()}; }
   // Size of the training part (all shards together), in tokens or examples.
   int64_t TrainTotal() const { return train_total_; }
-  // Number of distinct targets: token ids (256 for bytes) or classes (10 for Fashion-MNIST).
+  // Number of distinct targets: token ids (256 for bytes) or classes (10 for Fashion-MNIST, 2 for
+  // spam-assassin).
   int64_t NumClasses() const { return num_classes_; }
   TaskKind task() const { return task_; }
   // Training batches drawn so far (a resumable position; store it in checkpoints).
@@ -88,7 +99,8 @@ class Dataset {
                                                              int num_shards, uint64_t seed);
 
 // Checks that `model` can train on `data`: a GPT for token data with vocab >= NumClasses, a classifier
-// with num_classes >= NumClasses for images.
+// with num_classes >= NumClasses for images, a byte-level GPT (vocab >= 256, context >= seq_len) for
+// text classification (the split-learning path puts its own classification head on it).
 [[nodiscard]] Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config,
                                         const Dataset& data);
 

@@ -94,9 +94,22 @@ std::string DtypeName(torch::ScalarType t) {
 // ---------------------------------------------------------------------------------------------------
 // GPT
 
+// y = linear(x) + the adapter's delta for this layer, if the caller passed adapters that have one.
+torch::Tensor AdaptedLinear(torch::nn::Linear& linear, const std::string& name, const torch::Tensor& x,
+                            const LinearAdapters* adapters) {
+  torch::Tensor y = linear(x);
+  if (adapters != nullptr) {
+    torch::Tensor delta = adapters->Delta(name, x);
+    if (delta.defined()) y = y + delta;
+  }
+  return y;
+}
+
 struct CausalSelfAttentionImpl : torch::nn::Module {
-  explicit CausalSelfAttentionImpl(const ModelConfig& c)
-      : n_heads(c.n_heads),
+  CausalSelfAttentionImpl(const ModelConfig& c, const std::string& prefix)
+      : qkv_name(prefix + "qkv"),
+        out_name(prefix + "out"),
+        n_heads(c.n_heads),
         dropout(c.dropout),
         qkv(register_module("qkv", torch::nn::Linear(c.d_model, 3 * c.d_model))),
         out(register_module("out", torch::nn::Linear(c.d_model, c.d_model))),
@@ -104,11 +117,12 @@ struct CausalSelfAttentionImpl : torch::nn::Module {
         // follows the module across devices but is not trained or exchanged.
         causal(register_buffer("causal", torch::ones({c.context, c.context}, torch::kBool).tril())) {}
 
-  torch::Tensor forward(const torch::Tensor& x) {
+  torch::Tensor forward(const torch::Tensor& x, const LinearAdapters* adapters) {
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
     const int64_t head_dim = C / n_heads;
     // [B, T, 3C] -> [3, B, heads, T, head_dim]
-    torch::Tensor qkv_heads = qkv(x).view({B, T, 3, n_heads, head_dim}).permute({2, 0, 3, 1, 4});
+    torch::Tensor qkv_heads =
+        AdaptedLinear(qkv, qkv_name, x, adapters).view({B, T, 3, n_heads, head_dim}).permute({2, 0, 3, 1, 4});
     torch::Tensor q = qkv_heads[0], k = qkv_heads[1], v = qkv_heads[2];
     torch::Tensor att =
         torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
@@ -117,9 +131,10 @@ struct CausalSelfAttentionImpl : torch::nn::Module {
     att = torch::softmax(att, -1);
     att = torch::dropout(att, dropout, is_training());
     torch::Tensor y = torch::matmul(att, v).transpose(1, 2).contiguous().view({B, T, C});
-    return torch::dropout(out(y), dropout, is_training());
+    return torch::dropout(AdaptedLinear(out, out_name, y, adapters), dropout, is_training());
   }
 
+  std::string qkv_name, out_name;
   int64_t n_heads;
   double dropout;
   torch::nn::Linear qkv;
@@ -129,13 +144,17 @@ struct CausalSelfAttentionImpl : torch::nn::Module {
 TORCH_MODULE(CausalSelfAttention);
 
 struct FeedForwardImpl : torch::nn::Module {
-  explicit FeedForwardImpl(const ModelConfig& c)
-      : dropout(c.dropout),
+  FeedForwardImpl(const ModelConfig& c, const std::string& prefix)
+      : fc_name(prefix + "fc"),
+        out_name(prefix + "out"),
+        dropout(c.dropout),
         fc(register_module("fc", torch::nn::Linear(c.d_model, 4 * c.d_model))),
         out(register_module("out", torch::nn::Linear(4 * c.d_model, c.d_model))) {}
-  torch::Tensor forward(const torch::Tensor& x) {
-    return torch::dropout(out(torch::gelu(fc(x))), dropout, is_training());
+  torch::Tensor forward(const torch::Tensor& x, const LinearAdapters* adapters) {
+    torch::Tensor h = torch::gelu(AdaptedLinear(fc, fc_name, x, adapters));
+    return torch::dropout(AdaptedLinear(out, out_name, h, adapters), dropout, is_training());
   }
+  std::string fc_name, out_name;
   double dropout;
   torch::nn::Linear fc;
   torch::nn::Linear out;
@@ -144,14 +163,14 @@ TORCH_MODULE(FeedForward);
 
 // Pre-LayerNorm transformer block: x + attn(ln1(x)), then + mlp(ln2(x)).
 struct TransformerBlockImpl : torch::nn::Module {
-  explicit TransformerBlockImpl(const ModelConfig& c)
+  TransformerBlockImpl(const ModelConfig& c, const std::string& prefix)
       : ln1(register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})))),
-        attn(register_module("attn", CausalSelfAttention(c))),
+        attn(register_module("attn", CausalSelfAttention(c, prefix + "attn."))),
         ln2(register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})))),
-        mlp(register_module("mlp", FeedForward(c))) {}
-  torch::Tensor forward(torch::Tensor x) {
-    x = x + attn(ln1(x));
-    return x + mlp(ln2(x));
+        mlp(register_module("mlp", FeedForward(c, prefix + "mlp."))) {}
+  torch::Tensor forward(torch::Tensor x, const LinearAdapters* adapters) {
+    x = x + attn->forward(ln1(x), adapters);
+    return x + mlp->forward(ln2(x), adapters);
   }
   torch::nn::LayerNorm ln1;
   CausalSelfAttention attn;
@@ -165,7 +184,8 @@ struct GptNet : torch::nn::Module {
     embed = register_module("embed", torch::nn::Embedding(c.vocab, c.d_model));
     pos_embed = register_module("pos_embed", torch::nn::Embedding(c.context, c.d_model));
     blocks = register_module("blocks", torch::nn::ModuleList());
-    for (int i = 0; i < c.n_layers; ++i) blocks->push_back(TransformerBlock(c));
+    for (int i = 0; i < c.n_layers; ++i)
+      blocks->push_back(TransformerBlock(c, "blocks." + std::to_string(i) + "."));
     ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})));
     if (!c.tie_embeddings) {
       head = register_module("head",
@@ -175,6 +195,13 @@ struct GptNet : torch::nn::Module {
 
   // inputs int64 [B, T] -> logits [B, T, vocab]
   torch::Tensor forward(const torch::Tensor& inputs) {
+    torch::Tensor x = Embed(inputs);
+    x = RunBlocks(x, 0, config.n_layers, nullptr);
+    return LmHead(ln_f(x));
+  }
+
+  // inputs int64 [B, T] -> token + position embeddings [B, T, C] (dropout in training).
+  torch::Tensor Embed(const torch::Tensor& inputs) {
     TORCH_CHECK_VALUE(inputs.dim() == 2 && inputs.scalar_type() == torch::kLong,
                       "GPT expects int64 token ids of shape [batch, time], got ", inputs.scalar_type(), " ",
                       inputs.sizes());
@@ -185,9 +212,16 @@ struct GptNet : torch::nn::Module {
     torch::Tensor positions =
         torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(inputs.device()));
     torch::Tensor x = embed(inputs) + pos_embed(positions);
-    x = torch::dropout(x, config.dropout, is_training());
-    for (const auto& block : *blocks) x = block->as<TransformerBlockImpl>()->forward(x);
-    x = ln_f(x);
+    return torch::dropout(x, config.dropout, is_training());
+  }
+
+  torch::Tensor RunBlocks(torch::Tensor x, int begin, int end, const LinearAdapters* adapters) {
+    for (int i = begin; i < end; ++i)
+      x = blocks[static_cast<size_t>(i)]->as<TransformerBlockImpl>()->forward(x, adapters);
+    return x;
+  }
+
+  torch::Tensor LmHead(const torch::Tensor& x) {
     return config.tie_embeddings ? torch::matmul(x, embed->weight.t()) : head(x);
   }
 
@@ -325,10 +359,11 @@ void InitAll(Net& net, uint64_t seed) {
 
 Batch ToDevice(const Batch& b, const torch::Device& device) {
   if (b.inputs.device() == device && b.targets.device() == device) return b;
-  return Batch{b.inputs.to(device), b.targets.to(device)};
+  return Batch{b.inputs.to(device), b.targets.to(device),
+               b.lengths.defined() ? b.lengths.to(device) : b.lengths};
 }
 
-class GptModel final : public Model {
+class GptModel final : public Model, public GptPieces {
  public:
   GptModel(const ModelConfig& c, uint64_t seed)
       : Model(c), net_(std::make_shared<GptNet>(c)), device_(c.device) {
@@ -368,6 +403,27 @@ class GptModel final : public Model {
 
   std::vector<std::pair<std::string, torch::Tensor>> NamedParameters() override { return ParamsOf(*net_); }
   torch::nn::Module& module() override { return *net_; }
+
+  // GptPieces
+  torch::Tensor Embed(const torch::Tensor& tokens) override { return net_->Embed(tokens.to(device_)); }
+  torch::Tensor Blocks(torch::Tensor x, int begin, int end, const LinearAdapters* adapters) override {
+    TORCH_CHECK_VALUE(0 <= begin && begin <= end && end <= config().n_layers, "GPT blocks [", begin, ", ",
+                      end, ") are outside [0, ", config().n_layers, "]");
+    TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == config().d_model, "GPT blocks expect [batch, time, ",
+                      config().d_model, "] activations, got ", x.sizes());
+    return net_->RunBlocks(std::move(x), begin, end, adapters);
+  }
+  torch::Tensor FinalNorm(const torch::Tensor& x) override { return net_->ln_f(x); }
+  torch::Tensor LmHead(const torch::Tensor& x) override { return net_->LmHead(x); }
+  std::vector<LinearInfo> BlockLinears(int block) override {
+    const ModelConfig& c = config();
+    const std::string p = "blocks." + std::to_string(block) + ".";
+    return {{p + "attn.qkv", c.d_model, 3 * c.d_model},
+            {p + "attn.out", c.d_model, c.d_model},
+            {p + "mlp.fc", c.d_model, 4 * c.d_model},
+            {p + "mlp.out", 4 * c.d_model, c.d_model}};
+  }
+  torch::Device device() const override { return device_; }
 
  private:
   static void CheckTargets(const Batch& b) {
@@ -436,6 +492,10 @@ class ClassifierModel final : public Model {
 }  // namespace
 
 Model::~Model() = default;
+LinearAdapters::~LinearAdapters() = default;
+GptPieces::~GptPieces() = default;
+
+GptPieces* AsGpt(Model& model) { return dynamic_cast<GptPieces*>(&model); }
 
 int64_t Model::TokensPerBatch(const Batch& batch) const { return batch.targets.numel(); }
 

@@ -33,10 +33,14 @@
 namespace lowband::worker {
 
 // One minibatch. Language models: inputs and targets int64 [B, T] (targets are the inputs shifted by
-// one token). Image classifiers: inputs float [B, 1, 28, 28] (normalized), targets int64 [B].
+// one token). Image classifiers: inputs float [B, 1, 28, 28] (normalized), targets int64 [B]. Text
+// classifiers: inputs int64 [B, T] token ids padded at the end with 0, `lengths` int64 [B] the real
+// tokens of each row (1..T), targets int64 [B] class ids.
 struct Batch {
   torch::Tensor inputs;
   torch::Tensor targets;
+  // Text classification only (undefined otherwise).
+  torch::Tensor lengths;
 };
 
 // Result of evaluating on a set of batches.
@@ -86,6 +90,47 @@ class Model {
  private:
   ModelConfig config_;
 };
+
+// Additive adapters beside a GPT's linear layers: y = W x + b + Delta(name, x). Split learning uses them
+// for LoRA (split/lora.h) while the base weights stay frozen and shared. Delta is called from the
+// forward pass of whichever thread runs it; implementations must not keep per-call state.
+class LinearAdapters {
+ public:
+  virtual ~LinearAdapters();
+  // The adapter's output for linear layer `name` ("blocks.3.attn.qkv") on input x [..., in], shaped
+  // [..., out]; an undefined tensor when this layer has no adapter.
+  virtual torch::Tensor Delta(const std::string& name, const torch::Tensor& x) const = 0;
+};
+
+// A linear layer of a GPT block, by the name LinearAdapters sees.
+struct LinearInfo {
+  std::string name;  // "blocks.3.attn.qkv", "blocks.3.attn.out", "blocks.3.mlp.fc", "blocks.3.mlp.out"
+  int64_t in = 0;
+  int64_t out = 0;
+};
+
+// The pieces of a GPT's forward pass, so that split learning can cut it after any block:
+// logits = LmHead(FinalNorm(Blocks(Embed(tokens), 0, n_layers, nullptr))) is exactly Forward(tokens).
+// Everything runs in the module's current train/eval mode, with autograd unless the caller disabled it.
+class GptPieces {
+ public:
+  virtual ~GptPieces();
+  // int64 token ids [B, T] (any device) -> token + position embeddings [B, T, d_model].
+  virtual torch::Tensor Embed(const torch::Tensor& tokens) = 0;
+  // Blocks begin..end-1 on activations [B, T, d_model], with optional adapters.
+  virtual torch::Tensor Blocks(torch::Tensor x, int begin, int end, const LinearAdapters* adapters) = 0;
+  // The final LayerNorm.
+  virtual torch::Tensor FinalNorm(const torch::Tensor& x) = 0;
+  // Normalized activations [..., d_model] -> next-token logits [..., vocab].
+  virtual torch::Tensor LmHead(const torch::Tensor& x) = 0;
+  // The four linear layers of block `block`, in forward order.
+  virtual std::vector<LinearInfo> BlockLinears(int block) = 0;
+  // Where the parameters live.
+  virtual torch::Device device() const = 0;
+};
+
+// The GPT pieces of `model`, or nullptr when it is not a GPT. Valid as long as the model is.
+GptPieces* AsGpt(Model& model);
 
 // Checks `config` (kind, sizes, divisibility, device) without building anything.
 [[nodiscard]] Status ValidateModelConfig(const ModelConfig& config);

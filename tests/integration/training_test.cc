@@ -14,26 +14,16 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "process_util.h"
+
 #include "quant/codec.h"
 
 namespace lowband {
 namespace {
 namespace fs = std::filesystem;
 
-std::string Bin() {
-  const char* b = std::getenv("LOWBAND_BIN");
-  return b ? b : "lowband";
-}
-
-// Runs a shell command; returns its exit code and output.
-std::pair<int, std::string> Shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  while (p && std::fgets(buf, sizeof(buf), p)) out += buf;
-  const int st = p ? ::pclose(p) : -1;
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
+using testing::Bin;
+using testing::Shell;
 
 nlohmann::json ReadJson(const std::string& path) {
   std::ifstream f(path);

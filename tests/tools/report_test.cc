@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -388,6 +390,258 @@ TEST_F(ReportTest, EmptyEvalCurveFallsBackToWorkerEvalEvents) {
   EXPECT_EQ(loaded->eval_curve[1].step, 100);
   EXPECT_DOUBLE_EQ(loaded->eval_curve[1].eval_loss, 3.0);
   EXPECT_DOUBLE_EQ(loaded->eval_curve[1].bytes.value(), 2000.0);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Split-learning client runs (`lowband split-client --out DIR`, tools/report_split.cc).
+
+// summary.json of a classify split-client run as tools/cmd_split.cc writes it.
+json SplitSummary(const std::string& codec, int bits, double accuracy, double bytes_per_example,
+                  double compression) {
+  json curve = json::array();
+  for (int step = 10; step <= 30; step += 10) {
+    curve.push_back({{"event", "eval"},
+                     {"step", step},
+                     {"loss", 0.6 - step / 100.0},
+                     {"accuracy", accuracy - (30 - step) / 200.0},
+                     {"examples", 256},
+                     {"wall_seconds", step * 0.4}});
+  }
+  const bool amaq = codec == "amaq";
+  const double mean_bits = codec == "fp32" ? 32.0 : (amaq ? 4.1 : bits);
+  return {{"task", "classify"},
+          {"codec", codec},
+          {"bits", bits},
+          {"grad_codec", "follow"},
+          {"cut", 2},
+          {"lora_rank", 8},
+          {"steps", 30},
+          {"examples", 480},
+          {"final_eval_loss", 0.3},
+          {"final_accuracy", accuracy},
+          {"eval_examples", 256},
+          {"eval_curve", curve},
+          {"bits_curve", json::array({{{"step", 10}, {"mean_bits", 6.0}, {"target", 6.0}},
+                                      {{"step", 30}, {"mean_bits", 4.0}, {"target", 4.0}}})},
+          {"mean_bits_up", mean_bits},
+          {"mean_bits_down", mean_bits},
+          {"final_bits_histogram", amaq ? json({10, 20, 30, 40, 20, 8, 0}) : json({0, 0, 0, 0, 0, 0, 0})},
+          {"bytes_up", bytes_per_example * 240},
+          {"bytes_down", bytes_per_example * 240},
+          {"bitmap_bytes_up", amaq ? 1200 : 0},
+          {"bitmap_bytes_down", amaq ? 1200 : 0},
+          {"bytes_per_example", bytes_per_example},
+          {"fp32_bytes_per_example", 131072.0},
+          {"compression_vs_fp32", compression},
+          {"reconnects", 0},
+          {"wall_seconds", 12.5},
+          {"server_adapters", ""},
+          {"client_adapters", ""}};
+}
+
+// A split run directory: summary.json and metrics/split-client.jsonl (train lines every 5 steps with
+// the AMAQ target schedule 8 -> 4, eval lines), the last line cut short as a killed run leaves it.
+fs::path MakeSplitRun(const fs::path& dir, const json& summary) {
+  WriteFile(dir / "summary.json", summary.dump(2));
+  std::string lines;
+  for (int step = 5; step <= 30; step += 5) {
+    const double target = std::max(4.0, 8.0 - step / 5.0);
+    lines += json({{"event", "train"},
+                   {"step", step},
+                   {"loss", 0.7 - step / 100.0},
+                   {"accuracy", 0.5 + step / 100.0},
+                   {"bits_up", target + 0.1},
+                   {"bits_down", target + 0.1},
+                   {"target_bits", target},
+                   {"lambda", 0.01},
+                   {"bits_histogram", {0, 0, 0, 10, 20, 98, 0}},
+                   {"bytes_up", step * 1000},
+                   {"bytes_down", step * 1000},
+                   {"bytes_per_example", 2000.0},
+                   {"examples_per_second", 40.0},
+                   {"wall_seconds", step * 0.4}})
+                 .dump() +
+             "\n";
+    if (step % 10 == 0) {
+      lines += json({{"event", "eval"}, {"step", step}, {"loss", 0.5}, {"accuracy", 0.9}}).dump() + "\n";
+    }
+  }
+  WriteFile(dir / "metrics" / "split-client.jsonl", lines + R"({"event":"train","st)");
+  return dir;
+}
+
+TEST_F(ReportTest, SplitRunsAgainstFp32) {
+  // fp32 at 95.00%, fixed 4-bit at 93.00% (-2.00 pt), AMAQ 4-bit budget at 94.50% (-0.50 pt).
+  const fs::path fp32 = MakeSplitRun(root_ / "spam-fp32", SplitSummary("fp32", 4, 0.95, 131500, 0.9968));
+  const fs::path fixed = MakeSplitRun(root_ / "spam-fixed4", SplitSummary("fixed", 4, 0.93, 16800, 7.8));
+  const fs::path amaq = MakeSplitRun(root_ / "spam-amaq4", SplitSummary("amaq", 4, 0.945, 17500, 7.49));
+
+  ReportOptions options;
+  options.runs = {fp32, fixed, amaq};
+  options.out = root_ / "split-report";
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_TRUE(result->runs.empty());  // no training run
+  EXPECT_EQ(result->bad_metrics_lines, 3);
+
+  const std::string md = ReadFile(options.out / "report.md");
+  EXPECT_THAT(md, HasSubstr("lowband report: 3 split-learning runs"));
+  EXPECT_THAT(md, HasSubstr("held-out accuracy"));
+  EXPECT_THAT(md, HasSubstr("| spam-fp32 | classify | fp32 | 30 | 95.00% | baseline | 32.00 / 32.00 |"));
+  EXPECT_THAT(md,
+              HasSubstr("| spam-fixed4 | classify | fixed 4-bit | 30 | 93.00% | -2.00 pt | 4.00 / 4.00 |"));
+  EXPECT_THAT(
+      md, HasSubstr("| spam-amaq4 | classify | amaq 4-bit budget | 30 | 94.50% | -0.50 pt | 4.10 / 4.10 |"));
+  EXPECT_THAT(md, HasSubstr("| 16.4 KiB | 0 B (0%) | 7.80x | 12.5 |"));    // fixed: 16,800 bytes/example
+  EXPECT_THAT(md, HasSubstr("| 17.1 KiB | 2.34 KiB (0.029%) | 7.49x |"));  // 2,400 of 8.4 MB are bit maps
+  EXPECT_THAT(md, HasSubstr("| 1.00x |"));                                 // fp32 pays its headers
+
+  const json& table = result->table;
+  EXPECT_EQ(table["kind"], "split");
+  EXPECT_EQ(table["baselines"]["classify"], "spam-fp32");
+  EXPECT_EQ(table["report"], (options.out / "report.md").string());
+  const json& rows = table["runs"];
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0]["name"], "spam-fp32");
+  EXPECT_DOUBLE_EQ(rows[0]["delta_vs_fp32"].get<double>(), 0.0);
+  EXPECT_NEAR(rows[1]["delta_vs_fp32"].get<double>(), -2.0, 1e-9);
+  EXPECT_NEAR(rows[2]["delta_vs_fp32"].get<double>(), -0.5, 1e-9);
+  EXPECT_EQ(rows[2]["delta_unit"], "points");
+  EXPECT_EQ(rows[2]["codec_label"], "amaq 4-bit budget");
+  EXPECT_EQ(rows[2]["fp32_baseline"], "spam-fp32");
+  EXPECT_DOUBLE_EQ(rows[2]["final_accuracy"].get<double>(), 0.945);
+  EXPECT_DOUBLE_EQ(rows[2]["compression_vs_fp32"].get<double>(), 7.49);
+  EXPECT_DOUBLE_EQ(rows[2]["bytes_per_example"].get<double>(), 17500);
+  EXPECT_DOUBLE_EQ(rows[2]["bitmap_bytes"].get<double>(), 2400);
+  EXPECT_DOUBLE_EQ(rows[1]["mean_bits_up"].get<double>(), 4.0);
+  EXPECT_EQ(rows[2]["final_bits_histogram"].size(), 7u);
+  EXPECT_EQ(rows[0]["bad_metrics_lines"], 1);
+
+  // Scripts and data whether or not gnuplot is there: bits plot for the AMAQ run only.
+  const std::vector<std::string> plots = {"split_classify_vs_step", "split_bits_run2-spam-amaq4",
+                                          "split_bits_histogram", "split_classify_vs_bytes"};
+  for (const std::string& p : plots) {
+    EXPECT_TRUE(fs::exists(options.out / (p + ".gp"))) << p;
+  }
+  EXPECT_FALSE(fs::exists(options.out / "split_bits_run1-spam-fixed4.gp"));
+  const std::string train = ReadFile(options.out / "run2-spam-amaq4.train.dat");
+  EXPECT_THAT(train, HasSubstr("\n5 0.65 55 7.1 7.1 7 2000 2\n"));  // from the jsonl, not bits_curve
+  EXPECT_THAT(ReadFile(options.out / "split_bits_histogram.dat"), HasSubstr("\n5 40\n"));
+  EXPECT_THAT(ReadFile(options.out / "split_classify_vs_bytes.dat"), HasSubstr("94.5 \"spam-amaq4\""));
+
+  if (!GnuplotInstalled()) {
+    GTEST_SKIP() << "gnuplot is not installed (deploy/install-deps.sh): PNGs not checked";
+  }
+  EXPECT_FALSE(result->plots_skipped) << result->plots_skipped_reason;
+  EXPECT_EQ(result->plots.size(), plots.size()) << ::testing::PrintToString(result->plot_notes);
+  for (const std::string& p : plots) {
+    const std::string bytes = ReadFile(options.out / (p + ".png"));
+    ASSERT_GE(bytes.size(), 8u) << p;
+    EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << p;
+    EXPECT_THAT(md, HasSubstr("(" + p + ".png)"));
+  }
+}
+
+// An lm run: perplexity, its change against the fp32 run in %, and without metrics/ the bits plot
+// comes from summary.json bits_curve.
+TEST_F(ReportTest, SplitLmRunsComparePerplexity) {
+  json base = SplitSummary("fp32", 4, 0, 131072, 1.0);
+  json amaq = SplitSummary("amaq", 4, 0, 20000, 6.4);
+  for (json* s : {&base, &amaq}) {
+    s->erase("final_accuracy");
+    (*s)["task"] = "lm";
+    for (json& e : (*s)["eval_curve"]) {
+      e.erase("accuracy");
+      e["perplexity"] = std::exp(e["loss"].get<double>());
+    }
+  }
+  base["final_perplexity"] = 10.0;
+  amaq["final_perplexity"] = 11.0;
+  const fs::path a = MakeSplitRun(root_ / "lm-fp32", base);
+  const fs::path b = root_ / "lm-amaq4";
+  WriteFile(b / "summary.json", amaq.dump());
+  ReportOptions options;
+  options.runs = {a, b};
+  options.out = root_ / "lm-report";
+  options.gnuplot = "";
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  const std::string md = ReadFile(options.out / "report.md");
+  EXPECT_THAT(md, HasSubstr("held-out perplexity"));
+  EXPECT_THAT(md, HasSubstr("| lm-amaq4 | lm | amaq 4-bit budget | 30 | 11.000 | +10.0% |"));
+  EXPECT_THAT(md, HasSubstr("no metrics/split-client.jsonl (bits plot from summary.json bits_curve)"));
+  EXPECT_NEAR(result->table["runs"][1]["delta_vs_fp32"].get<double>(), 10.0, 1e-9);
+  EXPECT_EQ(result->table["runs"][1]["delta_unit"], "percent");
+  EXPECT_THAT(ReadFile(options.out / "run1-lm-amaq4.train.dat"), HasSubstr("\n30 ? ? 4 ? 4 ? ?\n"));
+  EXPECT_TRUE(fs::exists(options.out / "split_lm_vs_step.gp"));
+  EXPECT_TRUE(fs::exists(options.out / "split_bits_run1-lm-amaq4.gp"));
+}
+
+TEST_F(ReportTest, SplitSummaryMissingFieldNamesFileAndField) {
+  struct Case {
+    std::string field;
+    json value;  // null: erase the field
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {"bytes_per_example", nullptr, "required field \"bytes_per_example\""},
+      {"final_accuracy", nullptr, "required field \"final_accuracy\""},  // classify needs it
+      {"task", nullptr, "required field \"task\""},  // still a split run: final_bits_histogram is there
+      {"steps", "many", "\"steps\" must be an integer"},
+      {"final_bits_histogram", {1, "x"}, "\"final_bits_histogram[1]\" must be a number"},
+      {"eval_curve", json::array({{{"step", 3}}}), "required field \"eval_curve[0].loss\""},
+  };
+  for (const Case& c : cases) {
+    json summary = SplitSummary("amaq", 4, 0.9, 17000, 7.5);
+    if (c.value.is_null()) {
+      summary.erase(c.field);
+    } else {
+      summary[c.field] = c.value;
+    }
+    const fs::path dir = MakeSplitRun(root_ / ("bad-" + c.field), summary);
+    ReportOptions options;
+    options.runs = {dir};
+    options.gnuplot = "";
+    auto result = WriteReport(options);
+    ASSERT_FALSE(result.ok()) << c.field;
+    EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument) << c.field;
+    EXPECT_THAT(result.status().message(), HasSubstr((dir / "summary.json").string())) << c.field;
+    EXPECT_THAT(result.status().message(), HasSubstr(c.expected)) << c.field;
+    if (c.value.is_null()) {
+      EXPECT_THAT(result.status().message(), HasSubstr("lowband split-client")) << c.field;
+    }
+    EXPECT_THAT(result.status().message(), Not(HasSubstr("\"algo\""))) << c.field;
+  }
+}
+
+// A split run is not a training run: LoadRun says so instead of asking for "algo", and one report
+// does not mix the two kinds.
+TEST_F(ReportTest, SplitAndTrainingRunsAreReportedApart) {
+  const fs::path split = MakeSplitRun(root_ / "split", SplitSummary("amaq", 4, 0.9, 17000, 7.5));
+  const fs::path training = MakeRun("ddp", Summary("ddp", "ddp", {1, 1}, kNoLink), 2);
+  auto loaded = LoadRun(split);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr("split-learning client run"));
+
+  ReportOptions options;
+  options.runs = {training, split};
+  options.out = root_ / "mixed";
+  options.gnuplot = "";
+  auto result = WriteReport(options);
+  ASSERT_FALSE(result.ok());
+  EXPECT_THAT(result.status().message(), HasSubstr("separate calls"));
+  EXPECT_THAT(result.status().message(), HasSubstr(split.string()));
+  EXPECT_FALSE(fs::exists(options.out / "report.md"));
+
+  // One split run alone writes into its own directory.
+  options.runs = {split};
+  options.out.clear();
+  auto alone = WriteReport(options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  EXPECT_EQ(alone->report_md, split / "report.md");
+  EXPECT_THAT(ReadFile(split / "report.md"), HasSubstr("lowband report: split"));
+  EXPECT_THAT(ReadFile(split / "report.md"),
+              HasSubstr("| split | classify | amaq 4-bit budget | 30 | 90.00% | — |"));
 }
 
 TEST(HumanBytesTest, Units) {

@@ -47,7 +47,7 @@ Replica MakeReplica(const ModelConfig& c, uint64_t seed) {
 Batch TokenBatch(int64_t seed) {
   torch::manual_seed(static_cast<uint64_t>(seed));
   torch::Tensor t = torch::randint(256, {2, 9}, torch::kLong);
-  return Batch{t.slice(1, 0, 8).contiguous(), t.slice(1, 1, 9).contiguous()};
+  return Batch{t.slice(1, 0, 8).contiguous(), t.slice(1, 1, 9).contiguous(), torch::Tensor()};
 }
 
 std::vector<float> Flat(Model& m) {

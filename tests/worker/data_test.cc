@@ -1,10 +1,12 @@
 #include "worker/data.h"
 
 #include <cmath>
+#include <cstdio>
 #include <set>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "tests/worker/test_util.h"
 
@@ -324,6 +326,257 @@ TEST(WorkerDataTest, ModelMustFitTheData) {
   m.context = 8;
   EXPECT_FALSE(CheckModelFitsData(m, c, *d).ok());
   m.kind = "mlp";
+  EXPECT_FALSE(CheckModelFitsData(m, c, *d).ok());
+}
+
+// --- spam-assassin (text classification) -------------------------------------------------------------
+
+// Writes <data_dir>/spam-assassin/{train,heldout}.jsonl as `lowband data prepare` would.
+void WriteSpamFile(const std::string& path, const std::vector<std::pair<int, std::string>>& examples) {
+  std::string lines;
+  for (const auto& [label, text] : examples) {
+    lines += nlohmann::json({{"label", label}, {"group", label ? "spam-1" : "easy-ham-1"}, {"text", text}})
+                 .dump() +
+             "\n";
+  }
+  WriteFile(path, lines);
+}
+
+// "m07 xxxxxxx": a letter, the two-digit index, a space, `xs` x's.
+std::string MailText(char letter, int i, int xs) {
+  char head[8];
+  std::snprintf(head, sizeof head, "%c%02d ", letter, i);
+  return head + std::string(static_cast<size_t>(xs), 'x');
+}
+
+// Train e-mail i is MailText('m', i, i) with label i % 2; held-out e-mail i is MailText('h', i, 9)
+// with label 1 when i % 3 == 0.
+void WriteFakeSpam(const std::string& data_dir, int train, int heldout) {
+  std::vector<std::pair<int, std::string>> t, h;
+  for (int i = 0; i < train; ++i) t.emplace_back(i % 2, MailText('m', i, i));
+  for (int i = 0; i < heldout; ++i) h.emplace_back(i % 3 == 0, MailText('h', i, 9));
+  WriteSpamFile(data_dir + "/spam-assassin/train.jsonl", t);
+  WriteSpamFile(data_dir + "/spam-assassin/heldout.jsonl", h);
+}
+
+DataConfig SpamConfig(const std::string& data_dir) {
+  DataConfig c;
+  c.dataset = "spam-assassin";
+  c.data_dir = data_dir;
+  c.batch_size = 2;
+  c.seq_len = 12;
+  c.eval_batches = 2;
+  return c;
+}
+
+// The bytes of row i up to its length; checks that the rest is padding.
+std::string RowText(const Batch& b, int64_t i) {
+  const int64_t n = b.lengths[i].item<int64_t>();
+  std::string text;
+  for (int64_t k = 0; k < b.inputs.size(1); ++k) {
+    const int64_t id = b.inputs[i][k].item<int64_t>();
+    if (k < n) {
+      EXPECT_GE(id, 1);
+      EXPECT_LE(id, 255);
+      text += static_cast<char>(id);
+    } else {
+      EXPECT_EQ(id, 0) << "padding at " << k;
+    }
+  }
+  return text;
+}
+
+TEST(WorkerDataTest, SpamAssassinBatchesArePaddedBytesWithLengthsAndLabels) {
+  ScratchDir dir;
+  WriteFakeSpam(dir.path().string(), 12, 7);
+  const DataConfig c = SpamConfig(dir.path().string());
+  auto d = Open(c, 0, 1);
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->task(), TaskKind::kTextClassification);
+  EXPECT_EQ(d->NumClasses(), 2);
+  EXPECT_EQ(d->TrainTotal(), 12);
+  EXPECT_EQ(d->TrainSize(), 12);
+  // Six batches are one epoch: every e-mail exactly once.
+  std::multiset<int> seen;
+  for (int k = 0; k < 6; ++k) {
+    const Batch b = d->NextTrainBatch();
+    ASSERT_EQ(b.inputs.sizes(), (std::vector<int64_t>{2, 12}));
+    ASSERT_EQ(b.targets.sizes(), (std::vector<int64_t>{2}));
+    ASSERT_EQ(b.lengths.sizes(), (std::vector<int64_t>{2}));
+    EXPECT_EQ(b.inputs.scalar_type(), torch::kLong);
+    EXPECT_EQ(b.lengths.scalar_type(), torch::kLong);
+    for (int64_t i = 0; i < 2; ++i) {
+      const std::string text = RowText(b, i);
+      ASSERT_GE(text.size(), 3U);
+      const int id = std::stoi(text.substr(1, 2));
+      EXPECT_EQ(text, MailText('m', id, id).substr(0, 12));
+      EXPECT_EQ(b.lengths[i].item<int64_t>(), std::min(12, 4 + id));  // cut to seq_len
+      EXPECT_EQ(b.targets[i].item<int64_t>(), id % 2);
+      seen.insert(id);
+    }
+  }
+  std::multiset<int> all;
+  for (int i = 0; i < 12; ++i) all.insert(i);
+  EXPECT_EQ(seen, all);
+}
+
+TEST(WorkerDataTest, SpamAssassinEmptyTextsAndZeroBytes) {
+  ScratchDir dir;
+  WriteSpamFile(dir / "spam-assassin/train.jsonl", {{0, ""}, {1, std::string("a\0b", 3)}, {0, "abc"}});
+  WriteSpamFile(dir / "spam-assassin/heldout.jsonl", {{1, "x"}});
+  DataConfig c = SpamConfig(dir.path().string());
+  c.batch_size = 3;
+  c.seq_len = 4;
+  auto d = Open(c, 0, 1);
+  ASSERT_NE(d, nullptr);
+  const Batch b = d->NextTrainBatch();
+  std::multiset<std::string> texts;
+  for (int64_t i = 0; i < 3; ++i) texts.insert(RowText(b, i));
+  EXPECT_EQ(texts, (std::multiset<std::string>{" ", "a b", "abc"}));  // 0 is only padding
+}
+
+TEST(WorkerDataTest, SpamAssassinShardsAreDisjointAndCoverTheTrainingSet) {
+  ScratchDir dir;
+  WriteFakeSpam(dir.path().string(), 13, 7);
+  const DataConfig c = SpamConfig(dir.path().string());
+  int64_t next_begin = 0;
+  std::set<int> all;
+  for (int s = 0; s < 3; ++s) {
+    auto d = Open(c, s, 3);
+    ASSERT_NE(d, nullptr);
+    const auto [begin, end] = d->ShardRange();
+    EXPECT_EQ(begin, next_begin);
+    EXPECT_EQ(d->TrainTotal(), 13);
+    next_begin = end;
+    // Contiguous slices of train.jsonl: shard s holds e-mails [begin, end).
+    std::set<int> ids;
+    for (int k = 0; k < 10; ++k) {
+      const Batch b = d->NextTrainBatch();
+      for (int64_t i = 0; i < 2; ++i) ids.insert(std::stoi(RowText(b, i).substr(1, 2)));
+    }
+    EXPECT_EQ(static_cast<int64_t>(ids.size()), end - begin);
+    EXPECT_EQ(*ids.begin(), begin);
+    EXPECT_EQ(*ids.rbegin(), end - 1);
+    all.insert(ids.begin(), ids.end());
+  }
+  EXPECT_EQ(next_begin, 13);
+  EXPECT_EQ(all.size(), 13U);
+
+  // More shards than e-mails: an empty shard is refused with advice.
+  auto d = OpenDataset(c, 0, 14, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(d.status().message().find("fewer workers"), std::string::npos) << d.status().message();
+}
+
+TEST(WorkerDataTest, SpamAssassinOrderIsDeterministicAndSeekable) {
+  ScratchDir dir;
+  WriteFakeSpam(dir.path().string(), 12, 7);
+  const DataConfig c = SpamConfig(dir.path().string());
+  auto a = Open(c, 0, 1, 11);
+  auto b = Open(c, 0, 1, 11);
+  auto other = Open(c, 0, 1, 12);
+  ASSERT_TRUE(a && b && other);
+  std::vector<Batch> first;
+  for (int k = 0; k < 15; ++k) first.push_back(a->NextTrainBatch());  // two and a half epochs
+  bool differs = false;
+  for (int k = 0; k < 15; ++k) {
+    const Batch x = b->NextTrainBatch();
+    EXPECT_TRUE(first[k].inputs.equal(x.inputs) && first[k].targets.equal(x.targets) &&
+                first[k].lengths.equal(x.lengths))
+        << "batch " << k;
+    differs = differs || !first[k].inputs.equal(other->NextTrainBatch().inputs);
+  }
+  EXPECT_TRUE(differs);
+  // A new epoch is a new order.
+  bool new_order = false;
+  for (int k = 0; k < 6; ++k) new_order = new_order || !first[k].inputs.equal(first[k + 6].inputs);
+  EXPECT_TRUE(new_order);
+  // Resuming at batch k draws exactly batch k, also in a later epoch.
+  for (const int k : {13, 3, 7}) {
+    ASSERT_TRUE(b->SeekTrain(k).ok());
+    EXPECT_TRUE(first[k].inputs.equal(b->NextTrainBatch().inputs)) << k;
+    EXPECT_EQ(b->TrainBatchesDrawn(), k + 1);
+  }
+}
+
+TEST(WorkerDataTest, SpamAssassinEvalBatchesAreTheHeldOutFileInOrderForAnyShardCount) {
+  ScratchDir dir;
+  WriteFakeSpam(dir.path().string(), 12, 7);
+  DataConfig c = SpamConfig(dir.path().string());
+  c.batch_size = 3;
+  c.eval_batches = 5;  // more than the 7 held-out e-mails fill
+  auto one = Open(c, 0, 1, 1);
+  auto a = Open(c, 0, 4, 2);
+  auto b = Open(c, 3, 4, 3);
+  ASSERT_TRUE(one && a && b);
+  const auto& eval = one->EvalBatches();
+  ASSERT_EQ(eval.size(), 3U);  // 3 + 3 + 1
+  EXPECT_EQ(eval[2].inputs.size(0), 1);
+  EXPECT_TRUE(SameBatches(eval, a->EvalBatches()));
+  EXPECT_TRUE(SameBatches(eval, b->EvalBatches()));
+  for (size_t k = 0; k < eval.size(); ++k) {
+    EXPECT_TRUE(eval[k].lengths.equal(a->EvalBatches()[k].lengths));
+    for (int64_t i = 0; i < eval[k].inputs.size(0); ++i) {
+      const int id = static_cast<int>(k) * 3 + static_cast<int>(i);
+      EXPECT_EQ(RowText(eval[k], i), MailText('h', id, 9).substr(0, 12));
+      EXPECT_EQ(eval[k].targets[i].item<int64_t>(), id % 3 == 0 ? 1 : 0);
+    }
+  }
+  // eval_batches caps the set: the first eval_batches * batch_size e-mails.
+  c.eval_batches = 1;
+  auto capped = Open(c, 0, 1);
+  ASSERT_NE(capped, nullptr);
+  ASSERT_EQ(capped->EvalBatches().size(), 1U);
+  EXPECT_TRUE(capped->EvalBatches()[0].inputs.equal(eval[0].inputs));
+}
+
+TEST(WorkerDataTest, SpamAssassinNotPreparedOrMalformedGivesClearErrors) {
+  ScratchDir dir;
+  DataConfig c = SpamConfig(dir.path().string());
+  auto d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(d.status().message().find("lowband data prepare spam-assassin --data-dir " + dir.path().string()),
+            std::string::npos)
+      << d.status().message();
+
+  WriteFakeSpam(dir.path().string(), 4, 2);
+  WriteFile(dir / "spam-assassin/train.jsonl",
+            "{\"label\": 0, \"text\": \"ok\"}\n{\"label\": 2, \"text\": \"x\"}\n");
+  d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(d.status().message().find("line 2"), std::string::npos) << d.status().message();
+  EXPECT_NE(d.status().message().find("--force"), std::string::npos) << d.status().message();
+
+  WriteFile(dir / "spam-assassin/train.jsonl", "{\"label\": 0, \"text\": \"ok\"}\nnot json\n");
+  d = OpenDataset(c, 0, 1, 0);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("not a JSON object"), std::string::npos) << d.status().message();
+}
+
+TEST(WorkerDataTest, SpamAssassinNeedsAByteLevelGpt) {
+  ScratchDir dir;
+  WriteFakeSpam(dir.path().string(), 4, 2);
+  const DataConfig c = SpamConfig(dir.path().string());
+  auto d = Open(c, 0, 1);
+  ASSERT_NE(d, nullptr);
+  ModelConfig m;
+  m.context = 12;
+  EXPECT_TRUE(CheckModelFitsData(m, c, *d).ok());
+  m.vocab = 128;
+  Status s = CheckModelFitsData(m, c, *d);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("vocab >= 256"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("classification head"), std::string::npos) << s.message();
+  m.vocab = 256;
+  m.context = 8;
+  s = CheckModelFitsData(m, c, *d);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("context"), std::string::npos) << s.message();
+  m.kind = "mlp";
+  m.context = 12;
   EXPECT_FALSE(CheckModelFitsData(m, c, *d).ok());
 }
 

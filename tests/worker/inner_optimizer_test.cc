@@ -123,7 +123,8 @@ TEST_F(WorkerInnerOptimizerTest, SplitStepEqualsStepAndClipsGradients) {
   ASSERT_TRUE(a && b && oa && ob);
   torch::manual_seed(0);
   torch::Tensor tokens = torch::randint(256, {4, 17}, torch::kLong);
-  const Batch batch{tokens.slice(1, 0, 16).contiguous(), tokens.slice(1, 1, 17).contiguous()};
+  const Batch batch{tokens.slice(1, 0, 16).contiguous(), tokens.slice(1, 1, 17).contiguous(),
+                    torch::Tensor()};
 
   for (int s = 0; s < 3; ++s) {
     auto la = oa->Step(*a, batch);
@@ -148,10 +149,11 @@ TEST_F(WorkerInnerOptimizerTest, MisuseAndBadBatchesBecomeStatuses) {
   auto opt = MakeOptimizer(*model, {});
   ASSERT_TRUE(model && other && opt);
   EXPECT_EQ(opt->ApplyStep().code(), StatusCode::kFailedPrecondition);
-  const Batch good{torch::zeros({1, 4}, torch::kLong), torch::zeros({1, 4}, torch::kLong)};
+  const Batch good{torch::zeros({1, 4}, torch::kLong), torch::zeros({1, 4}, torch::kLong), torch::Tensor()};
   EXPECT_EQ(opt->Step(*other, good).status().code(), StatusCode::kInvalidArgument);
   // Token id beyond the vocabulary: LibTorch throws inside; the optimizer returns an error.
-  const Batch bad{torch::full({1, 4}, 300, torch::kLong), torch::zeros({1, 4}, torch::kLong)};
+  const Batch bad{torch::full({1, 4}, 300, torch::kLong), torch::zeros({1, 4}, torch::kLong),
+                  torch::Tensor()};
   auto r = opt->Step(*model, bad);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("inner step 0"), std::string::npos) << r.status().message();

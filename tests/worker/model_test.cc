@@ -51,12 +51,12 @@ bool BitIdentical(const std::vector<float>& a, const std::vector<float>& b) {
 Batch RandomTokens(int64_t b, int64_t t, int64_t vocab) {
   torch::manual_seed(123);
   torch::Tensor x = torch::randint(vocab, {b, t + 1}, torch::kLong);
-  return Batch{x.slice(1, 0, t).contiguous(), x.slice(1, 1, t + 1).contiguous()};
+  return Batch{x.slice(1, 0, t).contiguous(), x.slice(1, 1, t + 1).contiguous(), torch::Tensor()};
 }
 
 Batch RandomImages(int64_t b) {
   torch::manual_seed(321);
-  return Batch{torch::randn({b, 1, 28, 28}), torch::randint(10, {b}, torch::kLong)};
+  return Batch{torch::randn({b, 1, 28, 28}), torch::randint(10, {b}, torch::kLong), torch::Tensor()};
 }
 
 class WorkerModelTest : public ::testing::Test {

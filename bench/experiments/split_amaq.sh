@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Split fine-tuning with AMAQ against its baselines, in one run (README "Split learning").
+#
+#   bench/experiments/split_amaq.sh [OUT]      (default runs/split-amaq)
+#
+# 1. Pretrains the byte GPT on the Brown corpus (ddp, 2 workers; skipped when BASE names a checkpoint).
+# 2. Spam/ham classification (configs/split-spam.yaml) and LM fine-tuning on e-mail text
+#    (configs/split-lm.yaml), each with fp32, fixed 8-bit, fixed 4-bit, fixed 3-bit, AMAQ at a 4-bit and
+#    a 3-bit budget: one split-server per task, one split-client per codec (same seed, same data order).
+# 3. `lowband report` on every client run: report.md with the table and plots.
+# Environment: BASE (skip pretraining), PRETRAIN_STEPS (800), SPAM_STEPS, LM_STEPS, CODECS.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-runs/split-amaq}
+BIN=${BIN:-build/tools/lowband}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-800}
+CODECS=${CODECS:-"fp32 fixed:8 fixed:4 amaq:4 fixed:3 amaq:3"}
+mkdir -p "$OUT"
+[ -x "$BIN" ] || { echo "build lowband first (deploy/demo.sh or cmake --build build)"; exit 1; }
+"$BIN" data prepare brown --data-dir data
+"$BIN" data prepare spam-assassin --data-dir data
+
+BASE=${BASE:-}
+if [ -z "$BASE" ]; then
+  if [ ! -f "$OUT/base/checkpoints/worker-0/LATEST" ]; then
+    "$BIN" launch --config configs/brown-gpt.yaml --algo ddp --workers 2 --steps "$PRETRAIN_STEPS" \
+      --set inner.lr=0.002 --checkpoint-every 0 --out "$OUT/base"
+  fi
+  BASE=$OUT/base/checkpoints/worker-0
+fi
+
+server_pid=
+stop_server() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; server_pid=; }
+trap stop_server EXIT
+
+run_task() {  # task config steps
+  local task=$1 config=$2 steps=$3
+  rm -f "$OUT/$task.port"
+  "$BIN" split-server --config "$config" --base "$BASE" --listen 127.0.0.1:0 --port-file "$OUT/$task.port" \
+    --set split.out="$OUT/$task-server" > "$OUT/$task-server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do [ -s "$OUT/$task.port" ] && break; sleep 0.2; done
+  [ -s "$OUT/$task.port" ] || { cat "$OUT/$task-server.log"; exit 1; }
+  for spec in $CODECS; do
+    local codec=${spec%%:*} bits=${spec#*:}
+    [ "$codec" = fp32 ] && bits=4
+    local name=$task-${codec}${spec#"$codec"}
+    name=${name//:/}
+    echo "== $name"
+    "$BIN" split-client --config "$config" --base "$BASE" --server "127.0.0.1:$(cat "$OUT/$task.port")" \
+      --split-codec "$codec" --bits "$bits" --steps "$steps" --name "$name" --out "$OUT/$name" \
+      --set run.name="$name" 2>&1 | tee "$OUT/$name.log" | grep -E "eval|split-client" || true
+  done
+  stop_server
+}
+
+run_task spam configs/split-spam.yaml "${SPAM_STEPS:-400}"
+run_task lm configs/split-lm.yaml "${LM_STEPS:-300}"
+"$BIN" report "$OUT"/spam-* "$OUT"/lm-* --out "$OUT/report" 2>/dev/null || true
+echo "results: $OUT/*/summary.json${OUT:+, report: $OUT/report/report.md}"

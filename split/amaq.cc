@@ -1,0 +1,218 @@
+#include "split/amaq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+#include <numeric>
+
+#include "worker/torch_runtime.h"
+
+namespace lowband::split {
+namespace {
+
+constexpr double kMinBits = 2.0, kMaxBits = 8.0;
+// Largest change of a channel's continuous width in one update, in bits.
+constexpr double kMaxBitStep = 0.25;
+
+double Sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+}  // namespace
+
+StatusOr<CutCodec> ParseCutCodec(const std::string& name) {
+  if (name == "fp32") return CutCodec::kFp32;
+  if (name == "fixed") return CutCodec::kFixed;
+  if (name == "amaq") return CutCodec::kAmaq;
+  return InvalidArgument("split codec: expected fp32, fixed or amaq, got '" + name + "'");
+}
+
+double AmaqTarget(int budget, double schedule_fraction, int64_t step, int64_t total_steps) {
+  const double span = schedule_fraction * static_cast<double>(total_steps);
+  const int levels = static_cast<int>(kMaxBits) - budget;  // whole-bit steps below 8
+  if (levels <= 0 || span <= 0 || static_cast<double>(step) >= span) return budget;
+  // levels + 1 equal segments: 8, 7, ..., budget + 1, then the budget from `span` on.
+  const int k = static_cast<int>(static_cast<double>(step) / span * (levels + 1));
+  return kMaxBits - std::min(k, levels);
+}
+
+StatusOr<BitAllocator> BitAllocator::Create(CutCodec codec, int channels, const SplitConfig& config,
+                                            int64_t total_steps) {
+  if (channels < 1) return InvalidArgument("BitAllocator: channels must be >= 1");
+  if (codec != CutCodec::kFp32 && (config.bits < 2 || config.bits > 8)) {
+    return InvalidArgument("split.bits must be in [2, 8] for fixed and amaq, got " +
+                           std::to_string(config.bits));
+  }
+  if (codec == CutCodec::kAmaq) {
+    if (!(config.start_bits > kMinBits && config.start_bits < kMaxBits))
+      return InvalidArgument("split.start_bits must be strictly between 2 and 8");
+    if (!(config.gate_scale > 0) || !(config.gate_lr > 0))
+      return InvalidArgument("split.gate_scale and split.gate_lr must be > 0");
+    if (!(config.schedule_fraction >= 0 && config.schedule_fraction <= 1))
+      return InvalidArgument("split.schedule_fraction must be in [0, 1]");
+    if (!(config.importance_decay >= 0 && config.importance_decay < 1))
+      return InvalidArgument("split.importance_decay must be in [0, 1)");
+  }
+  return BitAllocator(codec, channels, config, std::max<int64_t>(total_steps, 1));
+}
+
+BitAllocator::BitAllocator(CutCodec codec, int channels, const SplitConfig& config, int64_t total_steps)
+    : codec_(codec), channels_(channels), config_(config), total_steps_(total_steps) {
+  if (codec_ == CutCodec::kAmaq) {
+    const double s = (config_.start_bits - kMinBits) / (kMaxBits - kMinBits);
+    gates_.assign(static_cast<size_t>(channels_), std::log(s / (1 - s)) / config_.gate_scale);
+    importance_.assign(static_cast<size_t>(channels_), 0.0);
+    target_ = AmaqTarget(config_.bits, config_.schedule_fraction, 0, total_steps_);
+  } else if (codec_ == CutCodec::kFixed) {
+    target_ = config_.bits;
+  }
+  RefreshBits();
+}
+
+void BitAllocator::RefreshBits() {
+  if (codec_ == CutCodec::kFp32) {
+    bits_.clear();
+    return;
+  }
+  bits_.assign(static_cast<size_t>(channels_), static_cast<uint8_t>(config_.bits));
+  if (codec_ == CutCodec::kAmaq) {
+    for (size_t c = 0; c < gates_.size(); ++c) {
+      const double b = kMinBits + (kMaxBits - kMinBits) * Sigmoid(config_.gate_scale * gates_[c]);
+      bits_[c] = static_cast<uint8_t>(std::clamp(std::lround(b), 2L, 8L));
+    }
+  }
+}
+
+std::vector<double> BitAllocator::continuous_bits() const {
+  std::vector<double> out;
+  if (codec_ == CutCodec::kAmaq) {
+    for (double q : gates_) out.push_back(kMinBits + (kMaxBits - kMinBits) * Sigmoid(config_.gate_scale * q));
+  } else {
+    for (uint8_t b : bits_) out.push_back(b);
+  }
+  return out;
+}
+
+Status BitAllocator::Update(int64_t step, const torch::Tensor& x, const torch::Tensor& xhat,
+                            const torch::Tensor& g) {
+  if (codec_ != CutCodec::kAmaq) return Status::Ok();
+  const auto shape_ok = [&](const torch::Tensor& t) {
+    return t.defined() && t.dim() == 2 && t.size(1) == channels_ && t.size(0) == x.size(0) &&
+           t.scalar_type() == torch::kFloat;
+  };
+  if (!x.defined() || !shape_ok(x) || !shape_ok(xhat) || !shape_ok(g)) {
+    return InvalidArgument("BitAllocator::Update: x, xhat and g must be float [rows, " +
+                           std::to_string(channels_) + "]");
+  }
+  return worker::GuardTorch("BitAllocator::Update", [&]() -> Status {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor xd = x.to(torch::kDouble), xh = xhat.to(torch::kDouble), gd = g.to(torch::kDouble);
+    // Per channel: sum_t G (x^ - x), range, sum_t G^2.
+    const torch::Tensor task_dot = (gd * (xh - xd)).sum(0).contiguous();
+    const torch::Tensor range = (std::get<0>(xd.max(0)) - std::get<0>(xd.min(0))).contiguous();
+    const torch::Tensor g2 = (gd * gd).sum(0).contiguous();
+    const double* dot = task_dot.data_ptr<double>();
+    const double* rng = range.data_ptr<double>();
+    const double* gg = g2.data_ptr<double>();
+    if (!std::isfinite(task_dot.sum().item<double>()) || !std::isfinite(g2.sum().item<double>())) {
+      return InvalidArgument("BitAllocator::Update: non-finite gradient");
+    }
+
+    const size_t C = gates_.size();
+    const double decay = have_importance_ ? config_.importance_decay : 0.0;
+    for (size_t c = 0; c < C; ++c)
+      importance_[c] = decay * importance_[c] + (1 - decay) * gg[c] * rng[c] * rng[c];
+    have_importance_ = true;
+    const double mean_importance =
+        std::accumulate(importance_.begin(), importance_.end(), 0.0) / static_cast<double>(C);
+    std::vector<double> w(C, 1.0);
+    if (config_.importance_power > 0 && mean_importance > 0) {
+      double sum = 0;
+      for (size_t c = 0; c < C; ++c) {
+        w[c] = std::clamp(std::pow(importance_[c] / mean_importance + 1e-3, -config_.importance_power), 0.05,
+                          20.0);
+        sum += w[c];
+      }
+      for (double& v : w) v *= static_cast<double>(C) / sum;
+    }
+
+    // Controller on the wire's mean bits against this step's target.
+    target_ = AmaqTarget(config_.bits, config_.schedule_fraction, step, total_steps_);
+    double mean = 0;
+    for (uint8_t b : bits_) mean += b;
+    mean /= static_cast<double>(C);
+    const double err = mean - target_;
+    integral_ += config_.lambda_lr * err;
+    lambda_ = integral_ + config_.lambda_kp * err;
+
+    // Over budget (lambda > 0) the penalty takes bits from the channels that matter least; under budget
+    // (lambda < 0) it gives them to the channels that matter most, with the reciprocal weights.
+    if (lambda_ < 0) {
+      double sum = 0;
+      for (double& v : w) sum += (v = 1.0 / v);
+      for (double& v : w) v *= static_cast<double>(C) / sum;
+    }
+    for (size_t c = 0; c < C; ++c) {
+      const double B = bits_[c];
+      const double p2 = std::exp2(B);
+      const double task = -std::numbers::ln2 * p2 / (p2 - 1) * dot[c] * static_cast<double>(C);
+      const double sig = Sigmoid(config_.gate_scale * gates_[c]);
+      const double db_dq = (kMaxBits - kMinBits) * config_.gate_scale * sig * (1 - sig);
+      double dq = -config_.gate_lr * (task + lambda_ * w[c]) * db_dq;
+      // A trust region: no channel's width moves by more than kMaxBitStep per step, so one large
+      // controller output cannot throw a channel across the whole range (and back).
+      const double limit = kMaxBitStep / std::max(db_dq, 1e-9);
+      gates_[c] += std::clamp(dq, -limit, limit);
+      // Keep the gates where the sigmoid still has a slope, so no channel gets stuck at an end.
+      gates_[c] = std::clamp(gates_[c], -8.0 / config_.gate_scale, 8.0 / config_.gate_scale);
+    }
+    RefreshBits();
+    return Status::Ok();
+  });
+}
+
+AllocatorStats BitAllocator::stats() const {
+  AllocatorStats s;
+  if (codec_ == CutCodec::kFp32) return s;
+  s.target = target_;
+  s.lambda = lambda_;
+  double sum = 0;
+  s.min_bits = 8;
+  s.max_bits = 2;
+  for (uint8_t b : bits_) {
+    sum += b;
+    s.min_bits = std::min<int>(s.min_bits, b);
+    s.max_bits = std::max<int>(s.max_bits, b);
+    ++s.histogram[static_cast<size_t>(b - 2)];
+  }
+  s.mean_bits = sum / static_cast<double>(bits_.size());
+  const auto cont = continuous_bits();
+  s.mean_continuous = std::accumulate(cont.begin(), cont.end(), 0.0) / static_cast<double>(cont.size());
+  return s;
+}
+
+std::vector<float> BitAllocator::State() const {
+  std::vector<float> out;
+  for (double q : gates_) out.push_back(static_cast<float>(q));
+  for (double i : importance_) out.push_back(static_cast<float>(i));
+  out.push_back(static_cast<float>(integral_));
+  out.push_back(have_importance_ ? 1.0f : 0.0f);
+  return out;
+}
+
+Status BitAllocator::Restore(const std::vector<float>& state) {
+  if (codec_ != CutCodec::kAmaq) return Status::Ok();
+  const size_t C = gates_.size();
+  if (state.size() != 2 * C + 2) {
+    return InvalidArgument("BitAllocator::Restore: expected " + std::to_string(2 * C + 2) + " values for " +
+                           std::to_string(C) + " channels, got " + std::to_string(state.size()));
+  }
+  for (size_t c = 0; c < C; ++c) {
+    gates_[c] = state[c];
+    importance_[c] = state[C + c];
+  }
+  integral_ = state[2 * C];
+  have_importance_ = state[2 * C + 1] != 0;
+  RefreshBits();
+  return Status::Ok();
+}
+
+}  // namespace lowband::split

@@ -1,0 +1,98 @@
+// AMAQ bit allocation: learns how many bits each channel of the cut activations gets (DESIGN.md §5).
+//
+// Channel c has a gate q_c and a continuous bit width b_c = 2 + 6 * sigmoid(gate_scale * q_c); the
+// wire uses B_c = round(b_c) (quant/amaq.h packs channels by B_c). After each training step the
+// client knows X (what it computed), X^ (what the server decoded) and G = dL/dX^ (what came back), and
+// updates the gates by SGD on
+//     task loss + lambda(t) * (sum_c w_c b_c / C - target(t))
+// where
+//   * the task term reaches b_c through the quantization step s_c = range_c / (2^B_c - 1):
+//     x^ = min_c + s_c * round((x - min_c) / s_c), so dx^/ds_c = (x^ - x) / s_c (straight-through for
+//     the rounding) and dL/db_c = -ln2 * 2^B_c / (2^B_c - 1) * sum_t G_tc (x^_tc - x_tc);
+//     X itself gets G unchanged (straight-through), which is what the client's backward does;
+//   * w_c weights channels by importance: I_c = EMA of sum_t G_tc^2 range_c^2 (the loss's sensitivity
+//     to channel c's quantization noise, which is range^2 / (12 (2^B - 1)^2) per value), w_c =
+//     (I_c / mean I + 1e-3)^-importance_power clipped to [0.05, 20] and normalized to mean 1, so
+//     channels the loss ignores lose bits first (when the mean is under the target, lambda < 0 and the
+//     reciprocal weights give bits back to the channels that matter most first);
+//   * target(t) steps from 8 down to the budget in whole bits over schedule_fraction of the run
+//     (progressive), and lambda(t) is a PI controller on the wire's mean bits, so the mean follows the
+//     target rather than a hand-tuned penalty weight.
+// Gradients are in units of one channel (the penalty's 1/C and the task term scaled by C alike) and
+// the update is plain SGD (Adam would normalize each gate's step and erase the importance weights)
+// with a trust region of 0.25 bit per channel per step.
+//
+// The same class serves the fixed and fp32 baselines (constant bits, no learning), so every codec
+// runs the same code path. Thread safety: one thread. Lifetimes: plain values.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "quant/status.h"
+#include "split/config.h"
+
+namespace lowband::split {
+
+enum class CutCodec { kFp32, kFixed, kAmaq };
+[[nodiscard]] StatusOr<CutCodec> ParseCutCodec(const std::string& name);
+
+// The target mean bits at `step` of `total_steps` (AMAQ): 8, 7, ... down to `budget` in equal steps
+// over the first schedule_fraction of the run, then the budget.
+double AmaqTarget(int budget, double schedule_fraction, int64_t step, int64_t total_steps);
+
+struct AllocatorStats {
+  double mean_bits = 32;  // mean of the integer bits on the wire (32 for fp32)
+  double mean_continuous = 32;
+  double target = 32;
+  double lambda = 0;
+  int min_bits = 32, max_bits = 32;
+  std::array<int, 7> histogram{};  // channels at 2..8 bits
+};
+
+class BitAllocator {
+ public:
+  // `total_steps` is the run's length (for the schedule). Rejects bits outside [2, 8] for fixed/amaq.
+  [[nodiscard]] static StatusOr<BitAllocator> Create(CutCodec codec, int channels, const SplitConfig& config,
+                                                     int64_t total_steps);
+
+  CutCodec codec() const { return codec_; }
+  bool passthrough() const { return codec_ == CutCodec::kFp32; }
+  int channels() const { return channels_; }
+  // The integer bits per channel for the next message (empty for fp32).
+  const std::vector<uint8_t>& bits() const { return bits_; }
+  // Continuous bit widths b_c (for logs and tests).
+  std::vector<double> continuous_bits() const;
+
+  // Learns from training step `step`: x (sent), xhat (decoded by the server) and g (dL/dxhat), all
+  // float [rows, channels] on the CPU. A no-op for fp32 and fixed.
+  [[nodiscard]] Status Update(int64_t step, const torch::Tensor& x, const torch::Tensor& xhat,
+                              const torch::Tensor& g);
+
+  AllocatorStats stats() const;
+
+  // Gates, importance and controller state (for checkpoints), and their restore.
+  std::vector<float> State() const;
+  [[nodiscard]] Status Restore(const std::vector<float>& state);
+
+ private:
+  BitAllocator(CutCodec codec, int channels, const SplitConfig& config, int64_t total_steps);
+  void RefreshBits();
+
+  CutCodec codec_;
+  int channels_;
+  SplitConfig config_;
+  int64_t total_steps_;
+  std::vector<double> gates_;
+  std::vector<double> importance_;
+  bool have_importance_ = false;
+  double integral_ = 0;
+  double lambda_ = 0;
+  double target_ = 8;
+  std::vector<uint8_t> bits_;
+};
+
+}  // namespace lowband::split

@@ -1,0 +1,392 @@
+#include "split/client.h"
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "comm/wire.h"
+#include "proto/lowband.grpc.pb.h"
+#include "split/safetensors.h"
+#include "split/server.h"
+#include "worker/durable_file.h"
+#include "worker/inner_optimizer.h"
+#include "worker/torch_runtime.h"
+
+namespace lowband::split {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Stream = grpc::ClientReaderWriter<v1::SplitClientMessage, v1::SplitServerMessage>;
+
+}  // namespace
+
+class SplitClient::Impl {
+ public:
+  explicit Impl(SplitClientOptions options) : options_(std::move(options)) {}
+
+  Status Init() {
+    LOWBAND_RETURN_IF_ERROR(ValidateSplitConfig(options_.split, options_.model));
+    LOWBAND_RETURN_IF_ERROR(worker::ValidateInnerOptimizerConfig(options_.inner));
+    at::set_num_threads(std::max(1, options_.threads));
+    LOWBAND_ASSIGN_OR_RETURN(base_, LoadBaseModel(options_.model, options_.split, options_.seed));
+    LoraSpec lora{options_.split.lora_rank, options_.split.lora_alpha, options_.split.lora_modules};
+    LOWBAND_ASSIGN_OR_RETURN(half_,
+                             ClientHalf::Create(*base_, options_.split, lora, ClientSeed(options_.seed)));
+    optimizer_ = std::make_unique<AdapterOptimizer>(half_->lora().Parameters(), options_.inner);
+    LOWBAND_ASSIGN_OR_RETURN(const CutCodec codec, ParseCutCodec(options_.split.codec));
+    LOWBAND_ASSIGN_OR_RETURN(BitAllocator alloc, BitAllocator::Create(codec, options_.model.d_model,
+                                                                      options_.split, options_.total_steps));
+    allocator_ = std::make_unique<BitAllocator>(std::move(alloc));
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+    args.SetMaxSendMessageSize(options_.max_message_bytes);
+    // Notice a dead server (or a dead link) within ~20 s even while waiting for a reply.
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    channel_ = grpc::CreateCustomChannel(options_.server, grpc::InsecureChannelCredentials(), args);
+    stub_ = v1::SplitLearning::NewStub(channel_);
+    return Open(/*resume=*/false);
+  }
+
+  // Opens a stream and says hello (a new session, or resuming ours).
+  Status Open(bool resume) {
+    if (stream_) CloseStream();
+    const auto deadline = std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(options_.connect_timeout_s * 1000));
+    if (!channel_->WaitForConnected(deadline)) {
+      return Unavailable(
+          fmt::format("split server {} not reachable within {} s: is `lowband split-server` running "
+                      "there and the address right?",
+                      options_.server, options_.connect_timeout_s));
+    }
+    context_ = std::make_unique<grpc::ClientContext>();
+    stream_ = stub_->Train(context_.get());
+    v1::SplitClientMessage msg;
+    v1::SplitHello* h = msg.mutable_hello();
+    const auto& s = options_.split;
+    const auto& m = options_.model;
+    h->set_protocol_version(kSplitProtocolVersion);
+    h->set_token(options_.token);
+    h->set_client_name(options_.name);
+    if (resume) h->set_resume_session(session_id_);
+    h->set_cut(s.cut);
+    h->set_d_model(m.d_model);
+    h->set_n_layers(m.n_layers);
+    h->set_context(m.context);
+    h->set_task(s.task);
+    h->set_num_classes(options_.num_classes);
+    h->set_act_codec(s.codec);
+    h->set_bits(s.bits);
+    h->set_grad_codec(s.grad_codec);
+    h->set_grad_bits(s.grad_bits);
+    h->set_grad_rounding(s.grad_rounding);
+    h->set_lora_rank(s.lora_rank);
+    h->set_lora_alpha(s.lora_alpha);
+    h->set_lora_modules(s.lora_modules);
+    h->set_lr(options_.inner.lr);
+    h->set_warmup_steps(options_.inner.warmup_steps);
+    h->set_total_steps(options_.inner.total_steps);
+    h->set_weight_decay(options_.inner.weight_decay);
+    h->set_grad_clip(options_.inner.grad_clip);
+    h->set_seed(options_.seed);
+    v1::SplitServerMessage reply;
+    if (!stream_->Write(msg) || !stream_->Read(&reply)) return FinishStream("hello");
+    if (!reply.has_welcome()) return Internal("the server answered the hello without a welcome");
+    session_id_ = reply.welcome().session_id();
+    server_next_step_ = reply.welcome().next_step();
+    // A fresh stream: both directions start their bit maps over.
+    act_encoder_.ForceBitmap();
+    grad_decoder_.Reset();
+    if (!resume) {
+      spdlog::info("split-client: session {} on {} ({} trainable parameters here, {} on the server)",
+                   session_id_, options_.server, half_->lora().NumParameters(),
+                   reply.welcome().server_trainable_parameters());
+    }
+    return Status::Ok();
+  }
+
+  Status FinishStream(const std::string& what) {
+    const grpc::Status s = stream_->Finish();
+    stream_.reset();
+    Status st = comm::FromGrpc(s);
+    if (st.ok()) st = Unavailable("the server closed the stream during " + what);
+    return st.WithContext("split server " + options_.server);
+  }
+
+  void CloseStream() {
+    if (!stream_) return;
+    context_->TryCancel();
+    (void)stream_->Finish();
+    stream_.reset();
+  }
+
+  // Sends `msg` and reads one reply, reconnecting (and calling `on_resume` to rebuild the message)
+  // while the failure is a broken stream.
+  Status Exchange(v1::SplitClientMessage* msg, v1::SplitServerMessage* reply,
+                  const std::function<Status(v1::SplitClientMessage*, bool* already_applied)>& on_resume,
+                  bool* already_applied) {
+    *already_applied = false;
+    for (int attempt = 0;; ++attempt) {
+      if (stream_ && stream_->Write(*msg) && stream_->Read(reply)) return Status::Ok();
+      Status s = stream_ ? FinishStream("a step") : Unavailable("no stream");
+      if (s.code() != StatusCode::kUnavailable || attempt >= options_.max_reconnects) return s;
+      spdlog::warn("split-client: {}; reconnecting ({}/{})", s.message(), attempt + 1,
+                   options_.max_reconnects);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 << std::min(attempt, 5)));
+      if (Status o = Open(/*resume=*/true); !o.ok()) {
+        if (o.code() != StatusCode::kUnavailable) return o;
+        continue;
+      }
+      ++reconnects_;
+      LOWBAND_RETURN_IF_ERROR(on_resume(msg, already_applied));
+      if (*already_applied) return Status::Ok();
+    }
+  }
+
+  static void PutTargets(const worker::Batch& b, v1::SplitForward* f) {
+    const torch::Tensor t = b.targets.to(torch::kCPU, torch::kLong).contiguous().view({-1});
+    f->mutable_targets()->Add(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+    if (b.lengths.defined()) {
+      const torch::Tensor l = b.lengths.to(torch::kCPU, torch::kLong).contiguous();
+      for (int64_t i = 0; i < l.numel(); ++i) f->add_lengths(static_cast<int32_t>(l.data_ptr<int64_t>()[i]));
+    }
+  }
+
+  StatusOr<StepReport> Train(const worker::Batch& batch) {
+    const auto t0 = Clock::now();
+    StepReport rep;
+    rep.step = next_step_;
+    torch::Tensor x, x2d;
+    const int64_t C = options_.model.d_model;
+    LOWBAND_RETURN_IF_ERROR(worker::GuardTorch("client forward", [&]() -> Status {
+      optimizer_->ZeroGrad();
+      x = half_->Forward(batch.inputs);
+      x2d = x.detach().reshape({-1, C}).to(torch::kCPU).contiguous();
+      return Status::Ok();
+    }));
+    const int64_t B = x.size(0), T = x.size(1);
+    quant::AmaqOptions opts;  // activations: round to nearest
+    auto build = [&](v1::SplitClientMessage* msg) -> Status {
+      LOWBAND_ASSIGN_OR_RETURN(EncodedCut enc, EncodeCut(act_encoder_, x2d, allocator_->bits(), opts));
+      rep.up = enc.stats;
+      msg->Clear();
+      v1::SplitForward* f = msg->mutable_forward();
+      f->set_step(next_step_);
+      f->set_train(true);
+      f->set_batch(static_cast<int32_t>(B));
+      f->set_time(static_cast<int32_t>(T));
+      f->set_activations(std::move(enc.payload));
+      PutTargets(batch, f);
+      return Status::Ok();
+    };
+    v1::SplitClientMessage msg;
+    LOWBAND_RETURN_IF_ERROR(build(&msg));
+    // What the server will decode, for the allocator's gradient to the bits.
+    torch::Tensor xhat = x2d;
+    if (!allocator_->passthrough()) {
+      xhat = torch::empty_like(x2d);
+      const auto& p = msg.forward().activations();
+      LOWBAND_RETURN_IF_ERROR(quant::DecodeAmaq({reinterpret_cast<const uint8_t*>(p.data()), p.size()},
+                                                act_encoder_.last_sent(),
+                                                {xhat.data_ptr<float>(), static_cast<size_t>(xhat.numel())}));
+    }
+    v1::SplitServerMessage reply;
+    bool applied = false;
+    LOWBAND_RETURN_IF_ERROR(Exchange(
+        &msg, &reply,
+        [&](v1::SplitClientMessage* m, bool* already) -> Status {
+          if (server_next_step_ == next_step_ + 1) {
+            *already = true;
+            return Status::Ok();
+          }
+          if (server_next_step_ != next_step_) {
+            return FailedPrecondition(
+                fmt::format("after reconnecting the server expects step {} but this client is "
+                            "at step {}",
+                            server_next_step_, next_step_));
+          }
+          return build(m);  // re-encoded: the fresh stream carries the bit map again
+        },
+        &applied));
+    if (applied) {
+      spdlog::warn(
+          "split-client: step {} was applied by the server but its reply was lost; the client's adapters "
+          "skip this step",
+          next_step_);
+      rep.skipped_client_update = true;
+      ++next_step_;
+      rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+      return rep;
+    }
+    if (!reply.has_backward()) return Internal("the server answered a forward without a backward");
+    const v1::SplitBackward& back = reply.backward();
+    LOWBAND_ASSIGN_OR_RETURN(torch::Tensor g, DecodeCut(grad_decoder_, back.gradient(), B * T, C));
+    const auto& gp = back.gradient();
+    rep.down = quant::AmaqStats{};
+    if (auto info = quant::InspectAmaq({reinterpret_cast<const uint8_t*>(gp.data()), gp.size()}); info.ok()) {
+      rep.down.total_bytes = gp.size();
+      rep.down.bitmap_sent = info->has_bitmap;
+      rep.down.code_bits_per_value = info->passthrough ? 32.0 : Mean(grad_decoder_.bitmap().bits);
+      rep.down.bitmap_bytes = info->has_bitmap ? (static_cast<uint64_t>(C) * 3 + 7) / 8 : 0;
+    }
+    LOWBAND_RETURN_IF_ERROR(worker::GuardTorch("client backward", [&]() -> Status {
+      x.backward(g.view({B, T, C}).to(x.device()));
+      return Status::Ok();
+    }));
+    LOWBAND_RETURN_IF_ERROR(optimizer_->Step());
+    LOWBAND_RETURN_IF_ERROR(allocator_->Update(next_step_, x2d, xhat, g));
+    ++next_step_;
+    rep.loss = back.loss();
+    rep.correct = back.correct();
+    rep.count = back.count();
+    rep.server_seconds = back.server_seconds();
+    rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    return rep;
+  }
+
+  static double Mean(const std::vector<uint8_t>& v) {
+    double s = 0;
+    for (uint8_t b : v) s += b;
+    return v.empty() ? 32.0 : s / static_cast<double>(v.size());
+  }
+
+  StatusOr<EvalReport> Evaluate(const std::vector<worker::Batch>& batches) {
+    EvalReport rep;
+    double loss_sum = 0;
+    int64_t correct = 0;
+    const int64_t C = options_.model.d_model;
+    for (const worker::Batch& batch : batches) {
+      torch::Tensor x2d;
+      int64_t B = 0, T = 0;
+      LOWBAND_RETURN_IF_ERROR(worker::GuardTorch("client eval forward", [&]() -> Status {
+        torch::NoGradGuard no_grad;
+        const torch::Tensor x = half_->Forward(batch.inputs);
+        B = x.size(0);
+        T = x.size(1);
+        x2d = x.reshape({-1, C}).to(torch::kCPU).contiguous();
+        return Status::Ok();
+      }));
+      auto build = [&](v1::SplitClientMessage* msg) -> Status {
+        LOWBAND_ASSIGN_OR_RETURN(EncodedCut enc, EncodeCut(act_encoder_, x2d, allocator_->bits(), {}));
+        msg->Clear();
+        v1::SplitForward* f = msg->mutable_forward();
+        f->set_step(next_step_);
+        f->set_train(false);
+        f->set_batch(static_cast<int32_t>(B));
+        f->set_time(static_cast<int32_t>(T));
+        rep.bytes_up += static_cast<int64_t>(enc.payload.size());
+        f->set_activations(std::move(enc.payload));
+        PutTargets(batch, f);
+        return Status::Ok();
+      };
+      v1::SplitClientMessage msg;
+      LOWBAND_RETURN_IF_ERROR(build(&msg));
+      v1::SplitServerMessage reply;
+      bool applied = false;
+      LOWBAND_RETURN_IF_ERROR(Exchange(
+          &msg, &reply, [&](v1::SplitClientMessage* m, bool*) { return build(m); }, &applied));
+      if (!reply.has_backward()) return Internal("the server answered an eval forward without a result");
+      loss_sum += reply.backward().loss() * static_cast<double>(reply.backward().count());
+      correct += reply.backward().correct();
+      rep.count += reply.backward().count();
+      rep.examples += B;
+    }
+    if (rep.count > 0) rep.loss = loss_sum / static_cast<double>(rep.count);
+    if (options_.split.task == "classify" && rep.count > 0)
+      rep.accuracy = static_cast<double>(correct) / static_cast<double>(rep.count);
+    return rep;
+  }
+
+  StatusOr<std::string> Finish(bool save_server, const std::string& client_dir) {
+    if (!client_dir.empty()) LOWBAND_RETURN_IF_ERROR(SaveClient(client_dir));
+    v1::SplitClientMessage msg;
+    msg.mutable_finish()->set_save(save_server);
+    v1::SplitServerMessage reply;
+    if (!stream_ || !stream_->Write(msg) || !stream_->Read(&reply)) return FinishStream("finish");
+    stream_->WritesDone();
+    (void)stream_->Finish();
+    stream_.reset();
+    return reply.has_finished() ? reply.finished().saved_to() : std::string();
+  }
+
+  Status SaveClient(const std::string& dir) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return Unavailable("cannot create '" + dir + "': " + ec.message());
+    const auto& s = options_.split;
+    std::vector<std::pair<std::string, torch::Tensor>> tensors = half_->lora().NamedParameters();
+    const auto cont = allocator_->continuous_bits();
+    if (!cont.empty()) {
+      tensors.emplace_back("amaq.bits",
+                           torch::tensor(std::vector<float>(cont.begin(), cont.end()), torch::kFloat));
+    }
+    LOWBAND_RETURN_IF_ERROR(
+        WriteSafetensors((std::filesystem::path(dir) / "adapter_model.safetensors").string(), tensors,
+                         {{"format", "pt"}, {"lowband", "split-client"}}));
+    nlohmann::ordered_json config = {{"format", "lowband-split-adapters"},
+                                     {"side", "client"},
+                                     {"blocks", {0, s.cut}},
+                                     {"task", s.task},
+                                     {"r", s.lora_rank},
+                                     {"lora_alpha", s.lora_alpha},
+                                     {"modules", s.lora_modules},
+                                     {"base", s.base},
+                                     {"steps", next_step_},
+                                     {"act_codec", s.codec},
+                                     {"bits", s.bits},
+                                     {"session", session_id_}};
+    return worker::WriteFileAtomically(std::filesystem::path(dir) / "adapter_config.json",
+                                       config.dump(2) + "\n");
+  }
+
+  SplitClientOptions options_;
+  std::unique_ptr<worker::Model> base_;
+  std::unique_ptr<ClientHalf> half_;
+  std::unique_ptr<AdapterOptimizer> optimizer_;
+  std::unique_ptr<BitAllocator> allocator_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::SplitLearning::Stub> stub_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<Stream> stream_;
+  quant::AmaqEncoder act_encoder_;
+  quant::AmaqDecoder grad_decoder_;
+  std::string session_id_;
+  int64_t server_next_step_ = 0;
+  int64_t next_step_ = 0;
+  int reconnects_ = 0;
+};
+
+SplitClient::SplitClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SplitClient::~SplitClient() {
+  if (impl_) impl_->CloseStream();
+}
+
+StatusOr<std::unique_ptr<SplitClient>> SplitClient::Connect(const SplitClientOptions& options) {
+  auto impl = std::make_unique<Impl>(options);
+  LOWBAND_RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<SplitClient>(new SplitClient(std::move(impl)));
+}
+
+StatusOr<StepReport> SplitClient::Train(const worker::Batch& batch) { return impl_->Train(batch); }
+StatusOr<EvalReport> SplitClient::Evaluate(const std::vector<worker::Batch>& batches) {
+  return impl_->Evaluate(batches);
+}
+StatusOr<std::string> SplitClient::Finish(bool save_server, const std::string& client_dir) {
+  return impl_->Finish(save_server, client_dir);
+}
+const std::string& SplitClient::session_id() const { return impl_->session_id_; }
+int64_t SplitClient::next_step() const { return impl_->next_step_; }
+ClientHalf& SplitClient::half() { return *impl_->half_; }
+BitAllocator& SplitClient::allocator() { return *impl_->allocator_; }
+worker::Model& SplitClient::base() { return *impl_->base_; }
+int SplitClient::reconnects() const { return impl_->reconnects_; }
+
+}  // namespace lowband::split

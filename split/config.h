@@ -1,0 +1,66 @@
+// The split-learning settings: where the model is cut, which adapters train, what crosses the cut and
+// how AMAQ learns its bit widths. Plain values (no LibTorch), so the CLI and the config table can hold
+// them; split/ checks them (ValidateSplitConfig in split/model.h) before building anything.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace lowband::split {
+
+struct SplitConfig {
+  // The base model: a lowband checkpoint directory (its LATEST, or one ckpt-* directory) or a
+  // .safetensors file whose tensor names and shapes are the GPT's parameters. "" starts from the
+  // seeded random initialization (tests only: fine-tuning a random model is rarely what you want).
+  std::string base;
+  // The cut: the client runs the embeddings and blocks [0, cut), the server blocks [cut, n_layers),
+  // the final norm and the task head. 1 <= cut <= n_layers - 1.
+  int cut = 2;
+  // "classify": a linear head on the final hidden state of each example's last real token (classes =
+  // the dataset's); "lm": next-token loss with the (frozen) language-model head.
+  std::string task = "classify";
+
+  // LoRA: y = W x + (alpha / rank) * B A x, A [rank, in] random, B [out, rank] zero at the start.
+  int lora_rank = 8;
+  double lora_alpha = 16.0;
+  // Which linear layers of every block get an adapter: a comma list of qkv, attn_out, fc, mlp_out.
+  std::string lora_modules = "qkv,attn_out,fc,mlp_out";
+
+  // What crosses the cut forward (activations): "fp32", "fixed" (every channel `bits` bits) or "amaq"
+  // (learned per-channel bits in [2, 8] whose mean follows a schedule down to `bits`).
+  std::string codec = "amaq";
+  // Fixed: the bit width; AMAQ: the budget (target mean bits at the end of the schedule).
+  int bits = 4;
+  // Backward (dL/dX): "follow" (the activations' bit map; fp32 when codec is fp32), "fixed"
+  // (grad_bits for every channel) or "fp32".
+  std::string grad_codec = "follow";
+  int grad_bits = 4;
+  // Rounding of the gradients: "stochastic" (unbiased) or "nearest". Activations always round to
+  // nearest.
+  std::string grad_rounding = "stochastic";
+
+  // AMAQ gates: b_c = 2 + 6 * sigmoid(gate_scale * q_c), gates start at `start_bits`.
+  double start_bits = 7.6;
+  double gate_scale = 1.0;
+  // SGD learning rate of the gates (not Adam: Adam would erase the importance weighting).
+  double gate_lr = 1.0;
+  // The target mean bits steps from 8 down to `bits` over this fraction of the steps, in whole bits.
+  double schedule_fraction = 0.4;
+  // lambda(t) is a PI controller on the wire's mean bits: lambda = I + lambda_kp * (mean - target),
+  // I += lambda_lr * (mean - target). It may go negative: a budget is to be used, not undercut.
+  double lambda_lr = 0.02;
+  double lambda_kp = 2.0;
+  // Weight each channel's bits by 1 / importance^importance_power (importance = EMA of the loss
+  // sensitivity sum_t (dL/dx_tc)^2 * scale_c^2), normalized to mean 1; 0 = plain mean bits.
+  double importance_power = 0.5;
+  // EMA factor of the importance estimate.
+  double importance_decay = 0.9;
+
+  // Server: most concurrent sessions; idle sessions are dropped after session_timeout_s.
+  int max_sessions = 16;
+  double session_timeout_s = 600;
+  // Where the server writes each session's adapters (and the client its own): "" = no files.
+  std::string out;
+};
+
+}  // namespace lowband::split

@@ -1,0 +1,134 @@
+// End to end: `lowband split-server` and two `lowband split-client` processes at once over real gRPC on
+// loopback, on a generated text file (no network): both learn, both sides save adapters, and a client
+// with another cut or a missing base model gets a clear error.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "process_util.h"
+
+namespace lowband {
+namespace {
+namespace fs = std::filesystem;
+
+using testing::Bin;
+using testing::Shell;
+
+class SplitProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / fmt::format("lowband-split-it-{}", ::getpid());
+    fs::create_directories(dir_);
+    std::mt19937 rng(5);
+    const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ", "far. "};
+    std::ofstream f(dir_ / "corpus.txt");
+    for (int i = 0; i < 40000; ++i) f << words[(i * 7 + rng() % 3) % 10];
+  }
+  void TearDown() override {
+    if (server_pid_ > 0) {
+      ::kill(server_pid_, SIGKILL);
+      ::waitpid(server_pid_, nullptr, 0);
+    }
+    fs::remove_all(dir_);
+  }
+
+  std::string Model() const {
+    return fmt::format(
+        "--model-d-model 32 --n-layers 3 --model-n-heads 2 --model-context 32 --data-seq-len 32 --task lm "
+        "--dataset text:{} --batch-size 8 --data-eval-batches 4 --seed 3",
+        (dir_ / "corpus.txt").string());
+  }
+
+  // Starts the server; returns its port.
+  int StartServer() {
+    const std::string port_file = (dir_ / "port").string();
+    server_pid_ = ::fork();
+    if (server_pid_ == 0) {
+      const std::string cmd = fmt::format(
+          "exec {} split-server {} --cut 1 --listen 127.0.0.1:0 --port-file {} "
+          "--set split.out={} > {} 2>&1",
+          Bin(), Model(), port_file, (dir_ / "server").string(), (dir_ / "server.log").string());
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    for (int i = 0; i < 300 && !fs::exists(port_file); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::ifstream in(port_file);
+    int port = 0;
+    in >> port;
+    return port;
+  }
+
+  std::string Client(int port, const std::string& name, const std::string& extra) const {
+    return fmt::format(
+        "{} split-client {} --cut 1 --server 127.0.0.1:{} --steps 24 --eval-every 12 --log-every 6 "
+        "--lr 0.01 --inner-warmup-steps 2 --name {} --out {} {}",
+        Bin(), Model(), port, name, (dir_ / name).string(), extra);
+  }
+
+  fs::path dir_;
+  pid_t server_pid_ = -1;
+};
+
+TEST_F(SplitProcessTest, TwoClientsFineTuneAgainstOneServerAndBothSidesSaveAdapters) {
+  const int port = StartServer();
+  ASSERT_GT(port, 0) << Shell("cat " + (dir_ / "server.log").string()).second;
+  auto [rc, out] =
+      Shell(fmt::format("{} --client-id 0 --clients 2 & {} --client-id 1 --clients 2 "
+                        "--split-codec fixed --bits 8 || exit 1; wait $!",
+                        Client(port, "c0", "--split-codec amaq --bits 4"), Client(port, "c1", "")));
+  ASSERT_EQ(rc, 0) << out;
+  for (const std::string name : {"c0", "c1"}) {
+    std::ifstream f(dir_ / name / "summary.json");
+    ASSERT_TRUE(f.good()) << name << "\n" << out;
+    const nlohmann::json s = nlohmann::json::parse(f);
+    const auto& curve = s.at("eval_curve");
+    ASSERT_GE(curve.size(), 2u) << name;
+    EXPECT_LT(curve.back().at("loss").get<double>(), curve.front().at("loss").get<double>())
+        << name << " did not learn";
+    EXPECT_TRUE(std::isfinite(s.at("final_perplexity").get<double>()));
+    EXPECT_EQ(s.at("steps").get<int>(), 24);
+    // Bytes per example count both directions; compressed payloads are several times smaller than fp32.
+    EXPECT_GT(s.at("compression_vs_fp32").get<double>(), 3.0) << name;
+    EXPECT_TRUE(fs::exists(dir_ / name / "adapters" / "adapter_model.safetensors")) << name;
+    EXPECT_TRUE(fs::exists(dir_ / "server" / "sessions" / name / "adapter_model.safetensors")) << name;
+    EXPECT_TRUE(fs::exists(dir_ / name / "metrics" / "split-client.jsonl")) << name;
+  }
+  // The AMAQ client ended near its budget; the fixed one at exactly 8 bits.
+  std::ifstream f0(dir_ / "c0" / "summary.json"), f1(dir_ / "c1" / "summary.json");
+  const auto s0 = nlohmann::json::parse(f0), s1 = nlohmann::json::parse(f1);
+  EXPECT_NEAR(s0.at("bits_curve").back().at("mean_bits").get<double>(), 4.0, 0.75);
+  EXPECT_EQ(s1.at("mean_bits_up").get<double>(), 8.0);
+
+  // Another cut than the server's, and a missing base model: clear errors, non-zero exit.
+  auto [rc2, out2] = Shell(Client(port, "bad", "--set split.cut=2 --no-save"));
+  EXPECT_NE(rc2, 0);
+  EXPECT_NE(out2.find("does not match the server"), std::string::npos) << out2;
+  auto [rc3, out3] = Shell(Client(port, "bad2", "--base /nonexistent/ckpt --no-save"));
+  EXPECT_NE(rc3, 0);
+  EXPECT_NE(out3.find("does not exist"), std::string::npos) << out3;
+  // The server is still serving and stops cleanly on SIGTERM.
+  ::kill(server_pid_, SIGTERM);
+  int status = 0;
+  ::waitpid(server_pid_, &status, 0);
+  server_pid_ = -1;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << Shell("cat " + (dir_ / "server.log").string()).second;
+}
+
+}  // namespace
+}  // namespace lowband
