@@ -231,6 +231,15 @@ class Heartbeat {
   std::thread thread_;
 };
 
+// Saves the replica, the optimizer and `extras` (plus step, data position and algo) into checkpoint_dir.
+Status SaveWorkerCheckpoint(const EngineOptions& o, Trainer& trainer, int64_t step, CheckpointExtras extras) {
+  extras.metadata = {{"step", step}, {"batches_drawn", trainer.data_->TrainBatchesDrawn()}, {"algo", o.algo}};
+  auto path = SaveCheckpoint(o.checkpoint_dir, *trainer.model_, *trainer.optimizer_, extras);
+  if (!path.ok()) return path.status();
+  spdlog::info("checkpoint at step {}: {}", step, *path);
+  return Status::Ok();
+}
+
 class StreamingWorker {
  public:
   explicit StreamingWorker(const EngineOptions& o) : o_(o), trainer_(o) {}
@@ -387,12 +396,7 @@ class StreamingWorker {
       if (o_.error_feedback) extras.vectors["residual." + std::to_string(p)] = residual_[p];
     }
     extras.vectors["global"] = std::move(global);
-    extras.metadata = {
-        {"step", step}, {"batches_drawn", trainer_.data_->TrainBatchesDrawn()}, {"algo", o_.algo}};
-    auto path = SaveCheckpoint(o_.checkpoint_dir, *trainer_.model_, *trainer_.optimizer_, extras);
-    if (!path.ok()) return path.status();
-    spdlog::info("checkpoint at step {}: {}", step, *path);
-    return Status::Ok();
+    return SaveWorkerCheckpoint(o_, trainer_, step, std::move(extras));
   }
 
   Status SendDue(int64_t t) {
@@ -560,9 +564,14 @@ class DdpWorker {
       trainer_.Account(batch, loss);
       if (t % o_.log_every == 0) trainer_.LogStep(t, reducer_->bytes_sent(), reducer_->bytes_received());
       if (trainer_.EvalDue(t) && t != o_.steps) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
+      if (o_.checkpoint_every > 0 && t % o_.checkpoint_every == 0 && t != o_.steps) {
+        LOWBAND_RETURN_IF_ERROR(SaveWorkerCheckpoint(o_, trainer_, t, {}));
+      }
     }
     if (t % o_.log_every != 0) trainer_.LogStep(t, reducer_->bytes_sent(), reducer_->bytes_received());
     if (o_.evaluate) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
+    // Every rank holds the same replica; each saves its own (the base for fine-tuning, e.g. split-client).
+    if (!o_.checkpoint_dir.empty()) LOWBAND_RETURN_IF_ERROR(SaveWorkerCheckpoint(o_, trainer_, t, {}));
     nlohmann::json r = trainer_.Result("ddp", t);
     r["bytes_up"] = reducer_->bytes_sent();
     r["bytes_down"] = reducer_->bytes_received();

@@ -3,17 +3,17 @@
 #
 #   bench/experiments/split_amaq.sh [OUT]      (default runs/split-amaq)
 #
-# 1. Pretrains the byte GPT on the Brown corpus (ddp, 2 workers; skipped when BASE names a checkpoint).
+# 1. Pretrains the byte GPT on the Brown corpus (one process; skipped when BASE names a checkpoint).
 # 2. Spam/ham classification (configs/split-spam.yaml) and LM fine-tuning on e-mail text
 #    (configs/split-lm.yaml), each with fp32, fixed 8-bit, fixed 4-bit, fixed 3-bit, AMAQ at a 4-bit and
 #    a 3-bit budget: one split-server per task, one split-client per codec (same seed, same data order).
 # 3. `lowband report` on every client run: report.md with the table and plots.
-# Environment: BASE (skip pretraining), PRETRAIN_STEPS (800), SPAM_STEPS, LM_STEPS, CODECS.
+# Environment: BASE (skip pretraining), PRETRAIN_STEPS (600), SPAM_STEPS (300), LM_STEPS (150), CODECS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/split-amaq}
 BIN=${BIN:-build/tools/lowband}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-800}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-600}
 CODECS=${CODECS:-"fp32 fixed:8 fixed:4 amaq:4 fixed:3 amaq:3"}
 mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "build lowband first (deploy/demo.sh or cmake --build build)"; exit 1; }
@@ -23,8 +23,8 @@ mkdir -p "$OUT"
 BASE=${BASE:-}
 if [ -z "$BASE" ]; then
   if [ ! -f "$OUT/base/checkpoints/worker-0/LATEST" ]; then
-    "$BIN" launch --config configs/brown-gpt.yaml --algo ddp --workers 2 --steps "$PRETRAIN_STEPS" \
-      --set inner.lr=0.002 --checkpoint-every 0 --out "$OUT/base"
+    "$BIN" launch --config configs/brown-gpt.yaml --algo ddp --workers 1 --steps "$PRETRAIN_STEPS" \
+      --set inner.lr=0.002 --out "$OUT/base"
   fi
   BASE=$OUT/base/checkpoints/worker-0
 fi
@@ -54,7 +54,7 @@ run_task() {  # task config steps
   stop_server
 }
 
-run_task spam configs/split-spam.yaml "${SPAM_STEPS:-400}"
-run_task lm configs/split-lm.yaml "${LM_STEPS:-300}"
+run_task spam configs/split-spam.yaml "${SPAM_STEPS:-300}"
+run_task lm configs/split-lm.yaml "${LM_STEPS:-150}"
 "$BIN" report "$OUT"/spam-* "$OUT"/lm-* --out "$OUT/report" 2>/dev/null || true
 echo "results: $OUT/*/summary.json${OUT:+, report: $OUT/report/report.md}"
