@@ -8,7 +8,8 @@
 #    (configs/split-lm.yaml), each with fp32, fixed 8-bit, fixed 4-bit, fixed 3-bit, AMAQ at a 4-bit and
 #    a 3-bit budget: one split-server per task, one split-client per codec (same seed, same data order).
 # 3. `lowband report` on every client run: report.md with the table and plots.
-# Environment: BASE (skip pretraining), PRETRAIN_STEPS (600), SPAM_STEPS (300), LM_STEPS (150), CODECS.
+# Environment: BASE (skip pretraining), PRETRAIN_STEPS (600), SPAM_STEPS (300), LM_STEPS (150), CODECS,
+# EXTRA (more split-client flags, e.g. "--eval-every 1000" for one evaluation at the end).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/split-amaq}
@@ -49,7 +50,7 @@ run_task() {  # task config steps
     echo "== $name"
     "$BIN" split-client --config "$config" --base "$BASE" --server "127.0.0.1:$(cat "$OUT/$task.port")" \
       --split-codec "$codec" --bits "$bits" --steps "$steps" --name "$name" --out "$OUT/$name" \
-      --set run.name="$name" 2>&1 | tee "$OUT/$name.log" | grep -E "eval|split-client" || true
+      --set run.name="$name" ${EXTRA:-} 2>&1 | tee "$OUT/$name.log" | grep -E "eval|split-client" || true
   done
   stop_server
 }
