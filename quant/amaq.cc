@@ -520,16 +520,18 @@ StatusOr<AmaqInfo> InspectAmaq(std::span<const uint8_t> payload) {
   return info;
 }
 
-Status DecodeAmaq(std::span<const uint8_t> payload, const AmaqBitmap& known, std::span<float> out) {
+Status DecodeAmaq(std::span<const uint8_t> payload, const AmaqBitmap& known, std::span<float> out,
+                  AmaqInfo* info_out) {
   AmaqInfo info;
   std::vector<uint8_t> bits;
   LOWBAND_RETURN_IF_ERROR(Validate(payload, &known, &info, &bits));
   LOWBAND_RETURN_IF_ERROR(CheckOut(info, out));
   DecodeValidated(payload, info, bits, out);
+  if (info_out) *info_out = info;
   return Status::Ok();
 }
 
-Status AmaqDecoder::Decode(std::span<const uint8_t> payload, std::span<float> out) {
+Status AmaqDecoder::Decode(std::span<const uint8_t> payload, std::span<float> out, AmaqInfo* info_out) {
   AmaqInfo info;
   std::vector<uint8_t> bits;
   LOWBAND_RETURN_IF_ERROR(Validate(payload, &map_, &info, &bits));
@@ -539,6 +541,7 @@ Status AmaqDecoder::Decode(std::span<const uint8_t> payload, std::span<float> ou
     map_.epoch = info.epoch;
     map_.bits = std::move(bits);
   }
+  if (info_out) *info_out = info;
   return Status::Ok();
 }
 

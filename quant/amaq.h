@@ -145,7 +145,9 @@ StatusOr<AmaqInfo> InspectAmaq(std::span<const uint8_t> payload);
 // Stateless decode into out (rows * channels values, row-major). A payload without a map is
 // decoded with `known` (its epoch must equal the payload's); one with a map ignores `known`.
 // Nothing is written unless the whole payload is valid.
-Status DecodeAmaq(std::span<const uint8_t> payload, const AmaqBitmap& known, std::span<float> out);
+// `info`, when given, receives what the header said (as InspectAmaq would, without a second pass).
+Status DecodeAmaq(std::span<const uint8_t> payload, const AmaqBitmap& known, std::span<float> out,
+                  AmaqInfo* info = nullptr);
 
 class AmaqDecoder {
  public:
@@ -153,7 +155,8 @@ class AmaqDecoder {
   // adopts it. A payload without a map whose epoch is not this decoder's gets FAILED_PRECONDITION
   // ("bit map epoch N unknown to this decoder (it has M): the sender must resend the map"). On any
   // error neither `out` nor the decoder's map changes.
-  Status Decode(std::span<const uint8_t> payload, std::span<float> out);
+  // `info`, when given, receives what the header said.
+  Status Decode(std::span<const uint8_t> payload, std::span<float> out, AmaqInfo* info = nullptr);
   // The last map received (epoch 0 before the first).
   const AmaqBitmap& bitmap() const { return map_; }
   // Forgets the map (e.g. on a new session): the next payload must carry one.

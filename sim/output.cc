@@ -140,9 +140,9 @@ nlohmann::json ToJson(const SweepResult& s) {
   nlohmann::json rows = nlohmann::json::array();
   for (const SweepRow& row : s.rows) {
     nlohmann::json cells = nlohmann::json::object();
-    for (size_t i = 0; i < s.targets.size(); ++i) {
+    for (size_t i = 0; i < s.options.targets.size(); ++i) {
       const auto& v = row.bandwidth_bps[i];
-      cells[fmt::format("{:g}", s.targets[i])] = v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+      cells[fmt::format("{:g}", s.options.targets[i])] = v ? nlohmann::json(*v) : nlohmann::json(nullptr);
     }
     rows.push_back({{"name", row.name},
                     {"description", row.description},
@@ -151,7 +151,7 @@ nlohmann::json ToJson(const SweepResult& s) {
                     {"utilization_at_max", row.utilization_at_max},
                     {"monotone", row.monotone}});
   }
-  return {{"targets", s.targets},
+  return {{"targets", s.options.targets},
           {"utilization", "steady-state compute utilization (SimResult::steady)"},
           {"min_bps", s.options.min_bps},
           {"max_bps", s.options.max_bps},
@@ -166,7 +166,7 @@ std::string FormatSweepTable(const SweepResult& s) {
   for (const SweepRow& row : s.rows) name_width = std::max(name_width, row.name.size());
   constexpr size_t kCell = 15;
   std::string out = fmt::format("{:<{}}", "algo", name_width);
-  for (double t : s.targets) out += fmt::format("{:>{}}", fmt::format("{:g} %", 100 * t), kCell);
+  for (double t : s.options.targets) out += fmt::format("{:>{}}", fmt::format("{:g} %", 100 * t), kCell);
   out += "\n";
   for (const SweepRow& row : s.rows) {
     out += fmt::format("{:<{}}", row.name, name_width);

@@ -19,6 +19,9 @@ constexpr uint64_t kMaxSteps = 100'000'000;
 // Automatic steps (SimConfig::steps = 0) start at 20 H and double up to this factor.
 constexpr uint64_t kAutoStepsGrowth = 64;
 
+// Steps of an automatic run (SimConfig::steps = 0) before any doubling: 20 periods of H.
+uint64_t AutoSteps(uint64_t inner_steps) { return 20 * std::max<uint64_t>(inner_steps, 1); }
+
 // Seconds to put `bytes` on a link of `rate` bits/s (0 on an infinitely fast link).
 double WireSeconds(double bytes, double rate) { return bytes * 8.0 / rate; }
 
@@ -179,7 +182,7 @@ SimConfig Resolve(const SimConfig& in) {
   if (c.topology == Topology::kDefault) {
     c.topology = c.algo == Algo::kDdp ? Topology::kRing : Topology::kCoordinator;
   }
-  if (c.steps == 0) c.steps = std::max<uint64_t>(20 * c.inner_steps, 20);
+  if (c.steps == 0) c.steps = AutoSteps(c.inner_steps);
   if (c.groups.empty()) c.groups.push_back(WorkerGroup{c.workers, 0, 0, -1, 1.0});
   for (WorkerGroup& g : c.groups) {
     if (g.up_bps == 0) g.up_bps = c.bandwidth_bps;
@@ -371,6 +374,20 @@ std::vector<Bucket> DdpBuckets(const SimConfig& c) {
     }
   }
   return buckets;
+}
+
+// FragmentParams of a valid, resolved config.
+std::vector<uint64_t> ResolvedFragmentParams(const SimConfig& c) {
+  if (c.algo == Algo::kDdp) {
+    std::vector<uint64_t> out;
+    for (const Bucket& b : DdpBuckets(c)) out.push_back(b.params);
+    return out;
+  }
+  if (!c.fragment_params.empty()) return c.fragment_params;
+  const std::vector<uint64_t> layers = LayerParams(c);
+  std::vector<uint64_t> out(c.fragments, 0);
+  for (size_t l = 0; l < layers.size(); ++l) out[l % c.fragments] += layers[l];
+  return out;
 }
 
 // ddp: forward+backward, the gradient all-reduce (one bucket, or buckets during the backward),
@@ -569,7 +586,7 @@ Status Validate(const SimConfig& c) {
           fmt::format("worker groups hold {} workers but workers is {}; they must agree", total, c.workers));
     }
   }
-  const uint64_t steps = c.steps == 0 ? 20 * c.inner_steps : c.steps;
+  const uint64_t steps = c.steps == 0 ? AutoSteps(c.inner_steps) : c.steps;
   if (steps > kMaxSteps) {
     return InvalidArgument(
         fmt::format("steps is {}; at most {} are simulated (the steady state needs a few sync "
@@ -581,23 +598,13 @@ Status Validate(const SimConfig& c) {
 
 StatusOr<std::vector<uint64_t>> FragmentParams(const SimConfig& config) {
   LOWBAND_RETURN_IF_ERROR(Validate(config));
-  const SimConfig c = Resolve(config);
-  if (c.algo == Algo::kDdp) {
-    std::vector<uint64_t> out;
-    for (const Bucket& b : DdpBuckets(c)) out.push_back(b.params);
-    return out;
-  }
-  if (!c.fragment_params.empty()) return c.fragment_params;
-  const std::vector<uint64_t> layers = LayerParams(c);
-  std::vector<uint64_t> out(c.fragments, 0);
-  for (size_t l = 0; l < layers.size(); ++l) out[l % c.fragments] += layers[l];
-  return out;
+  return ResolvedFragmentParams(Resolve(config));
 }
 
 namespace {
 
-// One simulation of a resolved config.
-StatusOr<SimResult> SimulateResolved(const SimConfig& config) {
+// One simulation of a valid, resolved config.
+SimResult SimulateResolved(const SimConfig& config) {
   SimResult r;
   r.config = config;
   const SimConfig& c = r.config;
@@ -626,9 +633,7 @@ StatusOr<SimResult> SimulateResolved(const SimConfig& config) {
     r.largest_exchange_bytes = ring ? 2.0 * ring_share * total : 2.0 * total;
     r.peak_bandwidth_bps = (ring ? ring_share * total : 2.0 * total) * 8.0 / c.step_seconds;
   } else {
-    auto fp = FragmentParams(c);
-    if (!fp.ok()) return fp.status();
-    r.fragment_params = *fp;
+    r.fragment_params = ResolvedFragmentParams(c);
     PayloadSizes(c, r.fragment_params, &r.upload_bytes, &r.download_bytes);
     r.syncs = RunDiloco(c, r.upload_bytes, r.download_bytes, &groups, &marks);
     double largest = 0, per_direction = 0;
@@ -694,8 +699,8 @@ StatusOr<SimResult> Simulate(const SimConfig& config) {
   // simulated again, twice as long, up to kAutoStepsGrowth times the first length.
   const uint64_t limit = std::min(kMaxSteps, c.steps * kAutoStepsGrowth);
   for (;;) {
-    auto r = SimulateResolved(c);
-    if (!r.ok() || r->steady.periodic || config.steps != 0 || c.steps * 2 > limit) return r;
+    SimResult r = SimulateResolved(c);
+    if (r.steady.periodic || config.steps != 0 || c.steps * 2 > limit) return r;
     c.steps *= 2;
   }
 }

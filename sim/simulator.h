@@ -289,8 +289,7 @@ struct SweepRow {
 };
 
 struct SweepResult {
-  std::vector<double> targets;
-  std::vector<SweepRow> rows;
+  std::vector<SweepRow> rows;  // each with one bandwidth per options.targets
   SweepOptions options;
   SimConfig base;
   uint64_t simulations = 0;  // Simulate calls made

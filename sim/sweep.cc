@@ -122,7 +122,6 @@ StatusOr<SweepResult> SweepVariants(const std::vector<SweepVariant>& variants, c
     }
   }
   SweepResult result;
-  result.targets = options.targets;
   result.options = options;
   result.base = base;
 

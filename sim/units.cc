@@ -5,7 +5,9 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -36,6 +38,45 @@ bool SplitNumber(std::string_view text, double* value, std::string* unit) {
   return std::isfinite(*value);
 }
 
+// A unit (lower case) and what one of it is worth in the base unit.
+struct Unit {
+  std::string_view name;
+  double scale;
+};
+
+// How one kind of quantity is written (ParseScaled).
+struct Quantity {
+  std::string_view what;       // "bandwidth": names the quantity in errors
+  std::string_view unit_word;  // "unit" or "suffix"
+  std::string_view accepted;   // what is accepted, ending every error that can be fixed by a unit
+  // Empty: a bare number is in the base unit. Else a bare number is refused, and this says why.
+  std::string_view no_unit;
+  bool bare_zero = false;   // a bare 0 is accepted even when bare numbers are refused
+  bool per_second = false;  // a trailing "/s" after the unit is dropped ("12.3 Mbit/s")
+  std::span<const Unit> units;
+};
+
+// `text` as a number times its unit's scale, the unit looked up case-insensitively in q.units.
+// The range is the caller's to check.
+StatusOr<double> ParseScaled(std::string_view text, const Quantity& q) {
+  double value = 0;
+  std::string unit;
+  if (!SplitNumber(text, &value, &unit)) {
+    return InvalidArgument(fmt::format("{} '{}' is not {}", q.what, text, q.accepted));
+  }
+  if (q.per_second && unit.size() > 2 && unit.ends_with("/s")) unit.resize(unit.size() - 2);
+  if (unit.empty()) {
+    if (q.no_unit.empty() || (q.bare_zero && value == 0)) return value;
+    return InvalidArgument(
+        fmt::format("{} '{}' has no unit {}; give {}", q.what, text, q.no_unit, q.accepted));
+  }
+  for (const Unit& u : q.units) {
+    if (unit == u.name) return value * u.scale;
+  }
+  return InvalidArgument(
+      fmt::format("{} '{}' has an unknown {} '{}'; give {}", q.what, text, q.unit_word, unit, q.accepted));
+}
+
 std::string Significant3(double v) {
   if (v >= 100) return fmt::format("{:.0f}", v);
   if (v >= 10) return fmt::format("{:.1f}", v);
@@ -49,102 +90,62 @@ StatusOr<double> ParseBandwidth(std::string_view text) {
   if (lower == "inf" || lower == "infinite" || lower == "unlimited") {
     return std::numeric_limits<double>::infinity();
   }
-  double value = 0;
-  std::string unit;
-  const std::string accepted =
-      "a number and a unit: bit, kbit, mbit, gbit, tbit (bits/s), kibit, mibit, gibit, tibit (binary), "
-      "bps, kbps, mbps, gbps, tbps (bytes/s, as in tc), or \"inf\"; e.g. 100mbit, 1gbit, 12.5mbps";
-  if (!SplitNumber(text, &value, &unit)) {
-    return InvalidArgument("bandwidth '" + std::string(text) + "' is not " + accepted);
-  }
-  if (unit.size() > 2 && unit.ends_with("/s")) unit.resize(unit.size() - 2);
-  struct Unit {
-    const char* name;
-    double bits;
-  };
   static constexpr Unit kUnits[] = {
       {"bit", 1},           {"kbit", 1e3},           {"mbit", 1e6},
       {"gbit", 1e9},        {"tbit", 1e12},          {"kibit", 1024.0},
       {"mibit", 1048576.0}, {"gibit", 1073741824.0}, {"tibit", 1099511627776.0},
       {"bps", 8},           {"kbps", 8e3},           {"mbps", 8e6},
-      {"gbps", 8e9},        {"tbps", 8e12},          {"b/s", 8},
-      {"kb/s", 8e3},        {"mb/s", 8e6},           {"gb/s", 8e9},
-      {"tb/s", 8e12},
+      {"gbps", 8e9},        {"tbps", 8e12},
   };
-  if (unit.empty()) {
-    return InvalidArgument("bandwidth '" + std::string(text) +
-                           "' has no unit (tc would read a bare number as bytes/s); give " + accepted);
-  }
-  for (const Unit& u : kUnits) {
-    if (unit == u.name) {
-      const double bps = value * u.bits;
-      if (!(bps > 0)) return InvalidArgument("bandwidth '" + std::string(text) + "' must be positive");
-      return bps;
-    }
-  }
-  return InvalidArgument("bandwidth '" + std::string(text) + "' has an unknown unit '" + unit + "'; give " +
-                         accepted);
+  static constexpr Quantity kBandwidth = {
+      "bandwidth",
+      "unit",
+      "a number and a unit: bit, kbit, mbit, gbit, tbit (bits/s), kibit, mibit, gibit, tibit (binary), "
+      "bps, kbps, mbps, gbps, tbps (bytes/s, as in tc), or \"inf\"; e.g. 100mbit, 1gbit, 12.5mbps",
+      "(tc would read a bare number as bytes/s)",
+      /*bare_zero=*/false,
+      /*per_second=*/true,
+      kUnits,
+  };
+  LOWBAND_ASSIGN_OR_RETURN(const double bps, ParseScaled(text, kBandwidth));
+  if (!(bps > 0)) return InvalidArgument("bandwidth '" + std::string(text) + "' must be positive");
+  return bps;
 }
 
 StatusOr<double> ParseSeconds(std::string_view text) {
-  double value = 0;
-  std::string unit;
-  const std::string accepted =
-      "a number with a unit: ns, us, ms, s, m/min, h (0 needs none); e.g. 20ms, 0.8s";
-  if (!SplitNumber(text, &value, &unit)) {
-    return InvalidArgument("duration '" + std::string(text) + "' is not " + accepted);
-  }
-  double scale = 0;
-  if (unit.empty() && value != 0) {
-    return InvalidArgument("duration '" + std::string(text) +
-                           "' has no unit (40 could be seconds or ms); give " + accepted);
-  }
-  if (unit.empty() || unit == "s" || unit == "sec") {
-    scale = 1;
-  } else if (unit == "ms") {
-    scale = 1e-3;
-  } else if (unit == "us") {
-    scale = 1e-6;
-  } else if (unit == "ns") {
-    scale = 1e-9;
-  } else if (unit == "min" || unit == "m") {
-    scale = 60;
-  } else if (unit == "h") {
-    scale = 3600;
-  } else {
-    return InvalidArgument("duration '" + std::string(text) + "' has an unknown unit '" + unit + "'; give " +
-                           accepted);
-  }
-  if (value < 0) return InvalidArgument("duration '" + std::string(text) + "' must not be negative");
-  return value * scale;
+  static constexpr Unit kUnits[] = {
+      {"s", 1}, {"sec", 1}, {"ms", 1e-3}, {"us", 1e-6}, {"ns", 1e-9}, {"min", 60}, {"m", 60}, {"h", 3600},
+  };
+  static constexpr Quantity kDuration = {
+      "duration",
+      "unit",
+      "a number with a unit: ns, us, ms, s, m/min, h (0 needs none); e.g. 20ms, 0.8s",
+      "(40 could be seconds or ms)",
+      /*bare_zero=*/true,
+      /*per_second=*/false,
+      kUnits,
+  };
+  LOWBAND_ASSIGN_OR_RETURN(const double seconds, ParseScaled(text, kDuration));
+  if (seconds < 0) return InvalidArgument("duration '" + std::string(text) + "' must not be negative");
+  return seconds;
 }
 
 StatusOr<uint64_t> ParseCount(std::string_view text) {
-  double value = 0;
-  std::string unit;
-  const std::string accepted =
-      "a non-negative number with an optional suffix k, M, B/G, T; e.g. 1.2e9, 350M, 7B";
-  if (!SplitNumber(text, &value, &unit)) {
-    return InvalidArgument("count '" + std::string(text) + "' is not " + accepted);
-  }
-  double scale = 0;
-  if (unit.empty()) {
-    scale = 1;
-  } else if (unit == "k") {
-    scale = 1e3;
-  } else if (unit == "m") {
-    scale = 1e6;
-  } else if (unit == "b" || unit == "g") {
-    scale = 1e9;
-  } else if (unit == "t") {
-    scale = 1e12;
-  } else {
-    return InvalidArgument("count '" + std::string(text) + "' has an unknown suffix '" + unit + "'; give " +
-                           accepted);
-  }
-  const double v = std::round(value * scale);
+  static constexpr Unit kUnits[] = {{"k", 1e3}, {"m", 1e6}, {"b", 1e9}, {"g", 1e9}, {"t", 1e12}};
+  static constexpr Quantity kCount = {
+      "count",
+      "suffix",
+      "a non-negative number with an optional suffix k, M, B/G, T; e.g. 1.2e9, 350M, 7B",
+      /*no_unit=*/"",
+      /*bare_zero=*/false,
+      /*per_second=*/false,
+      kUnits,
+  };
+  LOWBAND_ASSIGN_OR_RETURN(const double scaled, ParseScaled(text, kCount));
+  const double v = std::round(scaled);
   if (v < 0 || v > 9.0e18) {
-    return InvalidArgument("count '" + std::string(text) + "' is out of range; give " + accepted);
+    return InvalidArgument("count '" + std::string(text) + "' is out of range; give " +
+                           std::string(kCount.accepted));
   }
   return static_cast<uint64_t>(v);
 }

@@ -175,44 +175,12 @@ AllocatorStats BitAllocator::stats() const {
   s.target = target_;
   s.lambda = lambda_;
   double sum = 0;
-  s.min_bits = 8;
-  s.max_bits = 2;
   for (uint8_t b : bits_) {
     sum += b;
-    s.min_bits = std::min<int>(s.min_bits, b);
-    s.max_bits = std::max<int>(s.max_bits, b);
     ++s.histogram[static_cast<size_t>(b - 2)];
   }
   s.mean_bits = sum / static_cast<double>(bits_.size());
-  const auto cont = continuous_bits();
-  s.mean_continuous = std::accumulate(cont.begin(), cont.end(), 0.0) / static_cast<double>(cont.size());
   return s;
-}
-
-std::vector<float> BitAllocator::State() const {
-  std::vector<float> out;
-  for (double q : gates_) out.push_back(static_cast<float>(q));
-  for (double i : importance_) out.push_back(static_cast<float>(i));
-  out.push_back(static_cast<float>(integral_));
-  out.push_back(have_importance_ ? 1.0f : 0.0f);
-  return out;
-}
-
-Status BitAllocator::Restore(const std::vector<float>& state) {
-  if (codec_ != CutCodec::kAmaq) return Status::Ok();
-  const size_t C = gates_.size();
-  if (state.size() != 2 * C + 2) {
-    return InvalidArgument("BitAllocator::Restore: expected " + std::to_string(2 * C + 2) + " values for " +
-                           std::to_string(C) + " channels, got " + std::to_string(state.size()));
-  }
-  for (size_t c = 0; c < C; ++c) {
-    gates_[c] = state[c];
-    importance_[c] = state[C + c];
-  }
-  integral_ = state[2 * C];
-  have_importance_ = state[2 * C + 1] != 0;
-  RefreshBits();
-  return Status::Ok();
 }
 
 }  // namespace lowband::split

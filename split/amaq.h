@@ -46,10 +46,8 @@ double AmaqTarget(int budget, double schedule_fraction, int64_t step, int64_t to
 
 struct AllocatorStats {
   double mean_bits = 32;  // mean of the integer bits on the wire (32 for fp32)
-  double mean_continuous = 32;
   double target = 32;
   double lambda = 0;
-  int min_bits = 32, max_bits = 32;
   std::array<int, 7> histogram{};  // channels at 2..8 bits
 };
 
@@ -73,10 +71,6 @@ class BitAllocator {
                               const torch::Tensor& g);
 
   AllocatorStats stats() const;
-
-  // Gates, importance and controller state (for checkpoints), and their restore.
-  std::vector<float> State() const;
-  [[nodiscard]] Status Restore(const std::vector<float>& state);
 
  private:
   BitAllocator(CutCodec codec, int channels, const SplitConfig& config, int64_t total_steps);

@@ -1,7 +1,6 @@
 #include "split/client.h"
 
 #include <chrono>
-#include <filesystem>
 #include <thread>
 
 #include <ATen/Parallel.h>
@@ -9,20 +8,16 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
-#include <nlohmann/json.hpp>
 
 #include "comm/wire.h"
 #include "proto/lowband.grpc.pb.h"
-#include "split/safetensors.h"
 #include "split/server.h"
-#include "worker/durable_file.h"
 #include "worker/inner_optimizer.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::split {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using Stream = grpc::ClientReaderWriter<v1::SplitClientMessage, v1::SplitServerMessage>;
 
 }  // namespace
@@ -33,13 +28,13 @@ class SplitClient::Impl {
 
   Status Init() {
     LOWBAND_RETURN_IF_ERROR(ValidateSplitConfig(options_.split, options_.model));
-    LOWBAND_RETURN_IF_ERROR(worker::ValidateInnerOptimizerConfig(options_.inner));
     at::set_num_threads(std::max(1, options_.threads));
     LOWBAND_ASSIGN_OR_RETURN(base_, LoadBaseModel(options_.model, options_.split, options_.seed));
     LoraSpec lora{options_.split.lora_rank, options_.split.lora_alpha, options_.split.lora_modules};
     LOWBAND_ASSIGN_OR_RETURN(half_,
                              ClientHalf::Create(*base_, options_.split, lora, ClientSeed(options_.seed)));
-    optimizer_ = std::make_unique<AdapterOptimizer>(half_->lora().Parameters(), options_.inner);
+    LOWBAND_ASSIGN_OR_RETURN(optimizer_,
+                             worker::InnerOptimizer::Create(half_->lora().Parameters(), options_.inner));
     LOWBAND_ASSIGN_OR_RETURN(const CutCodec codec, ParseCutCodec(options_.split.codec));
     LOWBAND_ASSIGN_OR_RETURN(BitAllocator alloc, BitAllocator::Create(codec, options_.model.d_model,
                                                                       options_.split, options_.total_steps));
@@ -160,8 +155,35 @@ class SplitClient::Impl {
     }
   }
 
+  // The forward message for `batch` with cut activations x2d [B * T, C] encoded at the allocator's
+  // bits (activations round to nearest). Called again after a reconnect: the fresh stream gets the
+  // bit map again.
+  Status BuildForward(const worker::Batch& batch, const torch::Tensor& x2d, int64_t B, int64_t T, bool train,
+                      v1::SplitClientMessage* msg, quant::AmaqStats* stats) {
+    LOWBAND_ASSIGN_OR_RETURN(EncodedCut enc, EncodeCut(act_encoder_, x2d, allocator_->bits(), {}));
+    if (stats) *stats = enc.stats;
+    msg->Clear();
+    v1::SplitForward* f = msg->mutable_forward();
+    f->set_step(next_step_);
+    f->set_train(train);
+    f->set_batch(static_cast<int32_t>(B));
+    f->set_time(static_cast<int32_t>(T));
+    f->set_activations(std::move(enc.payload));
+    PutTargets(batch, f);
+    return Status::Ok();
+  }
+
+  // The server's result for the forward of `step`.
+  static StatusOr<const v1::SplitBackward*> BackwardOf(const v1::SplitServerMessage& reply, int64_t step) {
+    if (!reply.has_backward()) return Internal("the server answered a forward without a backward");
+    if (reply.backward().step() != step) {
+      return Internal(fmt::format("the server answered step {} to the forward of step {}",
+                                  reply.backward().step(), step));
+    }
+    return &reply.backward();
+  }
+
   StatusOr<StepReport> Train(const worker::Batch& batch) {
-    const auto t0 = Clock::now();
     StepReport rep;
     rep.step = next_step_;
     torch::Tensor x, x2d;
@@ -173,25 +195,11 @@ class SplitClient::Impl {
       return Status::Ok();
     }));
     const int64_t B = x.size(0), T = x.size(1);
-    quant::AmaqOptions opts;  // activations: round to nearest
-    auto build = [&](v1::SplitClientMessage* msg) -> Status {
-      LOWBAND_ASSIGN_OR_RETURN(EncodedCut enc, EncodeCut(act_encoder_, x2d, allocator_->bits(), opts));
-      rep.up = enc.stats;
-      msg->Clear();
-      v1::SplitForward* f = msg->mutable_forward();
-      f->set_step(next_step_);
-      f->set_train(true);
-      f->set_batch(static_cast<int32_t>(B));
-      f->set_time(static_cast<int32_t>(T));
-      f->set_activations(std::move(enc.payload));
-      PutTargets(batch, f);
-      return Status::Ok();
-    };
     v1::SplitClientMessage msg;
-    LOWBAND_RETURN_IF_ERROR(build(&msg));
-    // What the server will decode, for the allocator's gradient to the bits.
-    torch::Tensor xhat = x2d;
-    if (!allocator_->passthrough()) {
+    LOWBAND_RETURN_IF_ERROR(BuildForward(batch, x2d, B, T, /*train=*/true, &msg, &rep.up));
+    // What the server will decode: the allocator learns from it (AMAQ only; the other codecs do not learn).
+    torch::Tensor xhat;
+    if (allocator_->codec() == CutCodec::kAmaq) {
       xhat = torch::empty_like(x2d);
       const auto& p = msg.forward().activations();
       LOWBAND_RETURN_IF_ERROR(quant::DecodeAmaq({reinterpret_cast<const uint8_t*>(p.data()), p.size()},
@@ -213,7 +221,7 @@ class SplitClient::Impl {
                             "at step {}",
                             server_next_step_, next_step_));
           }
-          return build(m);  // re-encoded: the fresh stream carries the bit map again
+          return BuildForward(batch, x2d, B, T, /*train=*/true, m, &rep.up);
         },
         &applied));
     if (applied) {
@@ -223,39 +231,22 @@ class SplitClient::Impl {
           next_step_);
       rep.skipped_client_update = true;
       ++next_step_;
-      rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       return rep;
     }
-    if (!reply.has_backward()) return Internal("the server answered a forward without a backward");
-    const v1::SplitBackward& back = reply.backward();
-    LOWBAND_ASSIGN_OR_RETURN(torch::Tensor g, DecodeCut(grad_decoder_, back.gradient(), B * T, C));
-    const auto& gp = back.gradient();
-    rep.down = quant::AmaqStats{};
-    if (auto info = quant::InspectAmaq({reinterpret_cast<const uint8_t*>(gp.data()), gp.size()}); info.ok()) {
-      rep.down.total_bytes = gp.size();
-      rep.down.bitmap_sent = info->has_bitmap;
-      rep.down.code_bits_per_value = info->passthrough ? 32.0 : Mean(grad_decoder_.bitmap().bits);
-      rep.down.bitmap_bytes = info->has_bitmap ? (static_cast<uint64_t>(C) * 3 + 7) / 8 : 0;
-    }
+    LOWBAND_ASSIGN_OR_RETURN(const v1::SplitBackward* back, BackwardOf(reply, next_step_));
+    LOWBAND_ASSIGN_OR_RETURN(DecodedCut g, DecodeCut(grad_decoder_, back->gradient(), B * T, C));
+    rep.down = g.stats;
     LOWBAND_RETURN_IF_ERROR(worker::GuardTorch("client backward", [&]() -> Status {
-      x.backward(g.view({B, T, C}).to(x.device()));
+      x.backward(g.values.view({B, T, C}).to(x.device()));
       return Status::Ok();
     }));
-    LOWBAND_RETURN_IF_ERROR(optimizer_->Step());
-    LOWBAND_RETURN_IF_ERROR(allocator_->Update(next_step_, x2d, xhat, g));
+    LOWBAND_RETURN_IF_ERROR(optimizer_->ApplyStep());
+    if (xhat.defined()) LOWBAND_RETURN_IF_ERROR(allocator_->Update(next_step_, x2d, xhat, g.values));
     ++next_step_;
-    rep.loss = back.loss();
-    rep.correct = back.correct();
-    rep.count = back.count();
-    rep.server_seconds = back.server_seconds();
-    rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    rep.loss = back->loss();
+    rep.correct = back->correct();
+    rep.count = back->count();
     return rep;
-  }
-
-  static double Mean(const std::vector<uint8_t>& v) {
-    double s = 0;
-    for (uint8_t b : v) s += b;
-    return v.empty() ? 32.0 : s / static_cast<double>(v.size());
   }
 
   StatusOr<EvalReport> Evaluate(const std::vector<worker::Batch>& batches) {
@@ -274,29 +265,18 @@ class SplitClient::Impl {
         x2d = x.reshape({-1, C}).to(torch::kCPU).contiguous();
         return Status::Ok();
       }));
-      auto build = [&](v1::SplitClientMessage* msg) -> Status {
-        LOWBAND_ASSIGN_OR_RETURN(EncodedCut enc, EncodeCut(act_encoder_, x2d, allocator_->bits(), {}));
-        msg->Clear();
-        v1::SplitForward* f = msg->mutable_forward();
-        f->set_step(next_step_);
-        f->set_train(false);
-        f->set_batch(static_cast<int32_t>(B));
-        f->set_time(static_cast<int32_t>(T));
-        rep.bytes_up += static_cast<int64_t>(enc.payload.size());
-        f->set_activations(std::move(enc.payload));
-        PutTargets(batch, f);
-        return Status::Ok();
-      };
       v1::SplitClientMessage msg;
-      LOWBAND_RETURN_IF_ERROR(build(&msg));
+      LOWBAND_RETURN_IF_ERROR(BuildForward(batch, x2d, B, T, /*train=*/false, &msg, nullptr));
       v1::SplitServerMessage reply;
       bool applied = false;
       LOWBAND_RETURN_IF_ERROR(Exchange(
-          &msg, &reply, [&](v1::SplitClientMessage* m, bool*) { return build(m); }, &applied));
-      if (!reply.has_backward()) return Internal("the server answered an eval forward without a result");
-      loss_sum += reply.backward().loss() * static_cast<double>(reply.backward().count());
-      correct += reply.backward().correct();
-      rep.count += reply.backward().count();
+          &msg, &reply,
+          [&](v1::SplitClientMessage* m, bool*) { return BuildForward(batch, x2d, B, T, false, m, nullptr); },
+          &applied));
+      LOWBAND_ASSIGN_OR_RETURN(const v1::SplitBackward* back, BackwardOf(reply, next_step_));
+      loss_sum += back->loss() * static_cast<double>(back->count());
+      correct += back->correct();
+      rep.count += back->count();
       rep.examples += B;
     }
     if (rep.count > 0) rep.loss = loss_sum / static_cast<double>(rep.count);
@@ -318,9 +298,6 @@ class SplitClient::Impl {
   }
 
   Status SaveClient(const std::string& dir) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) return Unavailable("cannot create '" + dir + "': " + ec.message());
     const auto& s = options_.split;
     std::vector<std::pair<std::string, torch::Tensor>> tensors = half_->lora().NamedParameters();
     const auto cont = allocator_->continuous_bits();
@@ -328,29 +305,23 @@ class SplitClient::Impl {
       tensors.emplace_back("amaq.bits",
                            torch::tensor(std::vector<float>(cont.begin(), cont.end()), torch::kFloat));
     }
-    LOWBAND_RETURN_IF_ERROR(
-        WriteSafetensors((std::filesystem::path(dir) / "adapter_model.safetensors").string(), tensors,
-                         {{"format", "pt"}, {"lowband", "split-client"}}));
-    nlohmann::ordered_json config = {{"format", "lowband-split-adapters"},
-                                     {"side", "client"},
-                                     {"blocks", {0, s.cut}},
-                                     {"task", s.task},
-                                     {"r", s.lora_rank},
-                                     {"lora_alpha", s.lora_alpha},
-                                     {"modules", s.lora_modules},
-                                     {"base", s.base},
-                                     {"steps", next_step_},
-                                     {"act_codec", s.codec},
-                                     {"bits", s.bits},
-                                     {"session", session_id_}};
-    return worker::WriteFileAtomically(std::filesystem::path(dir) / "adapter_config.json",
-                                       config.dump(2) + "\n");
+    return SaveAdapterFiles(dir, "client", tensors,
+                            {{"blocks", {0, s.cut}},
+                             {"task", s.task},
+                             {"r", s.lora_rank},
+                             {"lora_alpha", s.lora_alpha},
+                             {"modules", s.lora_modules},
+                             {"base", s.base},
+                             {"steps", next_step_},
+                             {"act_codec", s.codec},
+                             {"bits", s.bits},
+                             {"session", session_id_}});
   }
 
   SplitClientOptions options_;
   std::unique_ptr<worker::Model> base_;
   std::unique_ptr<ClientHalf> half_;
-  std::unique_ptr<AdapterOptimizer> optimizer_;
+  std::unique_ptr<worker::InnerOptimizer> optimizer_;
   std::unique_ptr<BitAllocator> allocator_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SplitLearning::Stub> stub_;
@@ -386,7 +357,6 @@ const std::string& SplitClient::session_id() const { return impl_->session_id_; 
 int64_t SplitClient::next_step() const { return impl_->next_step_; }
 ClientHalf& SplitClient::half() { return *impl_->half_; }
 BitAllocator& SplitClient::allocator() { return *impl_->allocator_; }
-worker::Model& SplitClient::base() { return *impl_->base_; }
 int SplitClient::reconnects() const { return impl_->reconnects_; }
 
 }  // namespace lowband::split

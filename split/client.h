@@ -38,7 +38,7 @@ struct SplitClientOptions {
   SplitConfig split;
   worker::InnerOptimizerConfig inner;  // lr schedule, weight decay, clipping (both sides)
   uint64_t seed = 1;
-  int64_t total_steps = 1000;  // the run's planned length (lr schedule and AMAQ's target schedule)
+  int64_t total_steps = 1000;  // planned length, for AMAQ's target schedule (inner.total_steps drives the lr)
   int num_classes = 2;         // classify
   int threads = 1;
   double connect_timeout_s = 30;
@@ -51,15 +51,14 @@ struct StepReport {
   double loss = 0;
   int64_t correct = 0, count = 0;
   quant::AmaqStats up, down;  // activation and gradient payloads
-  double seconds = 0, server_seconds = 0;
-  bool skipped_client_update = false;  // the reply was lost after the server applied the step
+  // The reply was lost after the server applied the step: no loss, no gradient, nothing to count.
+  bool skipped_client_update = false;
 };
 
 struct EvalReport {
   double loss = 0;                 // mean per target
   std::optional<double> accuracy;  // classify
   int64_t count = 0, examples = 0;
-  int64_t bytes_up = 0;  // activation payloads sent for the evaluation
 };
 
 class SplitClient {
@@ -83,7 +82,6 @@ class SplitClient {
   int64_t next_step() const;
   ClientHalf& half();
   BitAllocator& allocator();
-  worker::Model& base();
   // Connections opened after the first (reconnects).
   int reconnects() const;
 

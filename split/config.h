@@ -59,7 +59,8 @@ struct SplitConfig {
   // Server: most concurrent sessions; idle sessions are dropped after session_timeout_s.
   int max_sessions = 16;
   double session_timeout_s = 600;
-  // Where the server writes each session's adapters (and the client its own): "" = no files.
+  // Server: where it writes each session's adapters (sessions/NAME); "" = no files. The client writes its
+  // own under its --out directory.
   std::string out;
 };
 

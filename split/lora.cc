@@ -1,11 +1,14 @@
 #include "split/lora.h"
 
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include "split/safetensors.h"
+#include "worker/durable_file.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::split {
@@ -118,6 +121,21 @@ Status LoraAdapters::MergeInto(worker::Model& model) const {
     }
     return Status::Ok();
   });
+}
+
+Status SaveAdapterFiles(const std::string& dir, const std::string& side,
+                        const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                        const nlohmann::ordered_json& fields) {
+  if (!fields.is_object()) return InvalidArgument("SaveAdapterFiles: fields must be a JSON object");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Unavailable("cannot create '" + dir + "': " + ec.message());
+  const std::filesystem::path path(dir);
+  LOWBAND_RETURN_IF_ERROR(WriteSafetensors((path / "adapter_model.safetensors").string(), tensors,
+                                           {{"format", "pt"}, {"lowband", "split-" + side}}));
+  nlohmann::ordered_json config = {{"format", "lowband-split-adapters"}, {"side", side}};
+  config.update(fields);
+  return worker::WriteFileAtomically(path / "adapter_config.json", config.dump(2) + "\n");
 }
 
 }  // namespace lowband::split

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include "quant/status.h"
 #include "worker/model.h"
@@ -69,6 +70,13 @@ class LoraAdapters final : public worker::LinearAdapters {
   std::vector<std::string> order_;
   std::map<std::string, Adapter> adapters_;
 };
+
+// Writes one side's adapters as <dir>/adapter_model.safetensors (the tensors, F32) and
+// <dir>/adapter_config.json ({"format": "lowband-split-adapters", "side": side, ...fields}), atomically,
+// creating `dir`. `fields` must be a JSON object.
+[[nodiscard]] Status SaveAdapterFiles(const std::string& dir, const std::string& side,
+                                      const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                                      const nlohmann::ordered_json& fields);
 
 // Parses LoraSpec.modules into the suffixes of the layer names ("attn.qkv", "attn.out", "mlp.fc",
 // "mlp.out"); the error names an unknown module and lists the known ones.

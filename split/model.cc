@@ -6,13 +6,11 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/functional/loss.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/torch.h>
 
 #include "split/amaq.h"
 #include "split/safetensors.h"
 #include "worker/checkpoint.h"
-#include "worker/inner_optimizer.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::split {
@@ -103,36 +101,6 @@ StatusOr<std::unique_ptr<worker::Model>> LoadBaseModel(const worker::ModelConfig
   for (auto& [name, p] : model->NamedParameters()) p.set_requires_grad(false);
   model->module().eval();
   return model;
-}
-
-AdapterOptimizer::AdapterOptimizer(std::vector<torch::Tensor> params,
-                                   const worker::InnerOptimizerConfig& config)
-    : params_(std::move(params)), config_(config) {
-  torch::optim::AdamWOptions options(config.lr);
-  options.betas({config.beta1, config.beta2}).eps(config.eps).weight_decay(config.weight_decay);
-  adamw_ = std::make_unique<torch::optim::AdamW>(params_, options);
-}
-
-void AdapterOptimizer::ZeroGrad() {
-  for (auto& p : params_) {
-    if (p.grad().defined()) p.mutable_grad().zero_();
-  }
-}
-
-Status AdapterOptimizer::Step() {
-  return worker::GuardTorch("AdapterOptimizer::Step", [&]() -> Status {
-    const double max_norm =
-        config_.grad_clip > 0 ? config_.grad_clip : std::numeric_limits<double>::infinity();
-    last_norm_ = torch::nn::utils::clip_grad_norm_(params_, max_norm);
-    if (!std::isfinite(last_norm_))
-      return Aborted("adapter gradient norm is not finite; the step is skipped");
-    const double lr = worker::ScheduledLearningRate(config_, step_);
-    for (auto& group : adamw_->param_groups())
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    adamw_->step();
-    ++step_;
-    return Status::Ok();
-  });
 }
 
 StatusOr<std::unique_ptr<ServerHalf>> ServerHalf::Create(worker::Model& base, const SplitConfig& split,
@@ -251,18 +219,25 @@ StatusOr<EncodedCut> EncodeCut(quant::AmaqEncoder& encoder, const torch::Tensor&
   return out;
 }
 
-StatusOr<torch::Tensor> DecodeCut(quant::AmaqDecoder& decoder, const std::string& payload, int64_t rows,
-                                  int64_t channels) {
+StatusOr<DecodedCut> DecodeCut(quant::AmaqDecoder& decoder, const std::string& payload, int64_t rows,
+                               int64_t channels) {
   const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
-  LOWBAND_ASSIGN_OR_RETURN(const quant::AmaqInfo info, quant::InspectAmaq(bytes));
+  DecodedCut out;
+  out.values = torch::empty({rows, channels}, torch::kFloat);
+  quant::AmaqInfo info;
+  LOWBAND_RETURN_IF_ERROR(
+      decoder
+          .Decode(bytes,
+                  std::span<float>(out.values.data_ptr<float>(), static_cast<size_t>(out.values.numel())),
+                  &info)
+          .WithContext("cut payload for [" + std::to_string(rows) + ", " + std::to_string(channels) + "]"));
   if (static_cast<int64_t>(info.rows) != rows || static_cast<int64_t>(info.channels) != channels) {
     return InvalidArgument("cut payload is [" + std::to_string(info.rows) + ", " +
                            std::to_string(info.channels) + "] but the message says [" + std::to_string(rows) +
                            ", " + std::to_string(channels) + "]");
   }
-  torch::Tensor out = torch::empty({rows, channels}, torch::kFloat);
-  LOWBAND_RETURN_IF_ERROR(
-      decoder.Decode(bytes, std::span<float>(out.data_ptr<float>(), static_cast<size_t>(out.numel()))));
+  out.stats = info.passthrough ? quant::AmaqPassthroughBreakdown(info.rows, info.channels)
+                               : quant::AmaqBreakdown(info.rows, decoder.bitmap().bits, info.has_bitmap);
   return out;
 }
 

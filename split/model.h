@@ -1,14 +1,14 @@
-// The two halves of a split GPT, their optimizer and the conversion of cut tensors to AMAQ payloads.
+// The two halves of a split GPT and the conversion of cut tensors to AMAQ payloads.
 //
 // The base model is one worker::Model (a GPT) loaded from a lowband checkpoint or a safetensors file,
 // frozen (requires_grad false) and shared: the client's half runs Embed + Blocks[0, cut) through it,
 // each server session runs Blocks[cut, n) + FinalNorm + its task head through the same base with its
-// own LoRA adapters and head. The task heads:
+// own LoRA adapters and head (trained by worker::InnerOptimizer over their tensors). The task heads:
 //   classify  logits = W h_last + b, h_last = the final-normed hidden state of each row's last real
 //             token (causal attention: it has seen the whole example), W [classes, d_model] trained
 //   lm        next-token logits through the base model's (frozen) LM head
 //
-// Thread safety: a ServerHalf / ClientHalf / AdapterOptimizer is used by one thread at a time; several
+// Thread safety: a ServerHalf / ClientHalf is used by one thread at a time; several
 // halves may run forward/backward through the same frozen base concurrently (nothing in it is
 // written). Lifetimes: halves point into the base model, which must outlive them.
 #pragma once
@@ -19,7 +19,6 @@
 #include <utility>
 #include <vector>
 
-#include <torch/optim/adamw.h>
 #include <torch/types.h>
 
 #include "quant/amaq.h"
@@ -39,25 +38,6 @@ namespace lowband::split {
 // the seeded initialization), freezes every parameter and switches it to eval mode (no dropout).
 [[nodiscard]] StatusOr<std::unique_ptr<worker::Model>> LoadBaseModel(const worker::ModelConfig& model,
                                                                      const SplitConfig& split, uint64_t seed);
-
-// AdamW over adapter/head tensors with the worker's schedule (warmup + cosine) and global-norm clipping.
-class AdapterOptimizer {
- public:
-  AdapterOptimizer(std::vector<torch::Tensor> params, const worker::InnerOptimizerConfig& config);
-  void ZeroGrad();
-  // Clips, sets the scheduled lr, steps. Aborted (nothing changes) when the gradient norm is not finite.
-  [[nodiscard]] Status Step();
-  int64_t step() const { return step_; }
-  void set_step(int64_t s) { step_ = s; }
-  double last_grad_norm() const { return last_norm_; }
-
- private:
-  std::vector<torch::Tensor> params_;
-  worker::InnerOptimizerConfig config_;
-  std::unique_ptr<torch::optim::AdamW> adamw_;
-  int64_t step_ = 0;
-  double last_norm_ = 0;
-};
 
 // What one forward through the server half gives.
 struct HalfResult {
@@ -120,8 +100,13 @@ struct EncodedCut {
 [[nodiscard]] StatusOr<EncodedCut> EncodeCut(quant::AmaqEncoder& encoder, const torch::Tensor& x,
                                              const std::vector<uint8_t>& bits,
                                              const quant::AmaqOptions& options);
-// Decodes into a float [rows, channels] CPU tensor after checking the payload's dimensions.
-[[nodiscard]] StatusOr<torch::Tensor> DecodeCut(quant::AmaqDecoder& decoder, const std::string& payload,
-                                                int64_t rows, int64_t channels);
+// Decodes into a float [rows, channels] CPU tensor and checks the payload's dimensions; `stats` is
+// the payload's byte breakdown (exact, from its header and the decoder's bit map).
+struct DecodedCut {
+  torch::Tensor values;
+  quant::AmaqStats stats;
+};
+[[nodiscard]] StatusOr<DecodedCut> DecodeCut(quant::AmaqDecoder& decoder, const std::string& payload,
+                                             int64_t rows, int64_t channels);
 
 }  // namespace lowband::split

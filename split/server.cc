@@ -13,14 +13,11 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
-#include <nlohmann/json.hpp>
 
 #include "comm/wire.h"
 #include "proto/lowband.grpc.pb.h"
 #include "split/amaq.h"
 #include "split/model.h"
-#include "split/safetensors.h"
-#include "worker/durable_file.h"
 #include "worker/inner_optimizer.h"
 #include "worker/torch_runtime.h"
 
@@ -52,10 +49,9 @@ uint64_t Mix(uint64_t a, uint64_t b) {
 // One client's state on the server.
 struct Session {
   std::string id;
-  std::string client_name;
   v1::SplitHello hello;  // the settings it was created with
   std::unique_ptr<ServerHalf> half;
-  std::unique_ptr<AdapterOptimizer> optimizer;
+  std::unique_ptr<worker::InnerOptimizer> optimizer;
   quant::AmaqDecoder act_decoder;
   quant::AmaqEncoder grad_encoder;
   int64_t next_step = 0;
@@ -84,8 +80,7 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
     return Status::Ok();
   }
 
-  grpc::Status Train(grpc::ServerContext* context, Stream* stream) override {
-    (void)context;
+  grpc::Status Train(grpc::ServerContext* /*context*/, Stream* stream) override {
     v1::SplitClientMessage msg;
     if (!stream->Read(&msg)) return grpc::Status::OK;  // the client went away before saying anything
     if (!msg.has_hello()) {
@@ -188,26 +183,32 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
     opt.total_steps = h.total_steps();
     opt.weight_decay = h.weight_decay();
     opt.grad_clip = h.grad_clip();
-    if (Status s = worker::ValidateInnerOptimizerConfig(opt); !s.ok()) {
-      return Error(grpc::StatusCode::INVALID_ARGUMENT, "session optimizer: " + s.message());
-    }
     auto session = std::make_shared<Session>();
     session->hello = h;
-    session->client_name = h.client_name();
     LoraSpec lora{h.lora_rank(), h.lora_alpha(), h.lora_modules()};
     auto half = ServerHalf::Create(*base_, split, h.num_classes(), lora, ServerSeed(h.seed()));
     if (!half.ok()) return Error(grpc::StatusCode::INVALID_ARGUMENT, half.status().message());
     session->half = std::move(*half);
-    session->optimizer = std::make_unique<AdapterOptimizer>(session->half->Parameters(), opt);
+    auto optimizer = worker::InnerOptimizer::Create(session->half->Parameters(), opt);
+    if (!optimizer.ok()) {
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, "session optimizer: " + optimizer.status().message());
+    }
+    session->optimizer = std::move(*optimizer);
     session->attached = true;
     lock.lock();
+    // Another hello may have filled the last place while this session was being built.
+    if (static_cast<int>(sessions_.size()) >= options_.split.max_sessions) {
+      return Error(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          fmt::format("the server holds {} sessions (split.max_sessions): retry later", sessions_.size()));
+    }
     do {
       session->id = NewSessionId();
     } while (sessions_.contains(session->id));
     sessions_[session->id] = session;
     ++started_;
     spdlog::info("split-server: session {} for '{}' ({} {}-bit, grad {}, {} trainable parameters here)",
-                 session->id, session->client_name, h.act_codec(), h.bits(), h.grad_codec(),
+                 session->id, h.client_name(), h.act_codec(), h.bits(), h.grad_codec(),
                  session->half->NumParameters());
     *out = session;
     return grpc::Status::OK;
@@ -300,19 +301,19 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
       if (task == "classify") {
         lengths = torch::tensor(std::vector<int64_t>(f.lengths().begin(), f.lengths().end()), torch::kLong);
       }
-      torch::Tensor x = decoded->view({B, T, C}).to(device);
+      torch::Tensor x = decoded->values.view({B, T, C}).to(device);
       if (!f.train()) {
         torch::NoGradGuard no_grad;
         const HalfResult r = session.half->Forward(x, targets, lengths);
-        Fill(out, f.step(), r, t0);
+        Fill(out, f.step(), r.loss.item<double>(), r, t0);
         ++eval_batches_;
         return Status::Ok();
       }
       x.set_requires_grad(true);
       session.optimizer->ZeroGrad();
       const HalfResult r = session.half->Forward(x, targets, lengths);
-      if (!std::isfinite(r.loss.item<double>()))
-        return InvalidArgument("the loss is not finite; step skipped");
+      const double loss = r.loss.item<double>();
+      if (!std::isfinite(loss)) return InvalidArgument("the loss is not finite; step skipped");
       r.loss.backward();
       const torch::Tensor grad = x.grad().reshape({B * T, C});
       // The gradient's bits: the activations' map, its own fixed width, or fp32.
@@ -329,9 +330,9 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
       o.seed = Mix(session.hello.seed(), static_cast<uint64_t>(f.step()));
       LOWBAND_ASSIGN_OR_RETURN(EncodedCut g, EncodeCut(session.grad_encoder, grad, bits, o));
       // Everything checked: now the update.
-      LOWBAND_RETURN_IF_ERROR(session.optimizer->Step());
+      LOWBAND_RETURN_IF_ERROR(session.optimizer->ApplyStep());
       ++session.next_step;
-      Fill(out, f.step(), r, t0);
+      Fill(out, f.step(), loss, r, t0);
       bytes_sent_ += static_cast<int64_t>(g.payload.size());
       out->set_gradient(std::move(g.payload));
       ++train_steps_;
@@ -340,9 +341,10 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
     return comm::ToGrpc(status);
   }
 
-  static void Fill(v1::SplitBackward* out, int64_t step, const HalfResult& r, Clock::time_point t0) {
+  static void Fill(v1::SplitBackward* out, int64_t step, double loss, const HalfResult& r,
+                   Clock::time_point t0) {
     out->set_step(step);
-    out->set_loss(r.loss.item<double>());
+    out->set_loss(loss);
     out->set_correct(r.correct);
     out->set_count(r.count);
     out->set_server_seconds(std::chrono::duration<double>(Clock::now() - t0).count());
@@ -350,32 +352,24 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
 
   StatusOr<std::string> Save(Session& session) {
     if (options_.split.out.empty()) return std::string();
-    std::string name = session.client_name.empty() ? session.id : session.client_name;
+    const auto& h = session.hello;
+    std::string name = h.client_name().empty() ? session.id : h.client_name();
     for (char& c : name) {
       if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
     }
-    const std::filesystem::path dir = std::filesystem::path(options_.split.out) / "sessions" / name;
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) return Unavailable("cannot create '" + dir.string() + "': " + ec.message());
-    const auto& h = session.hello;
-    nlohmann::ordered_json config = {{"format", "lowband-split-adapters"},
-                                     {"side", "server"},
-                                     {"blocks", {options_.split.cut, options_.model.n_layers}},
-                                     {"task", options_.split.task},
-                                     {"num_classes", h.num_classes()},
-                                     {"r", h.lora_rank()},
-                                     {"lora_alpha", h.lora_alpha()},
-                                     {"modules", h.lora_modules()},
-                                     {"base", options_.split.base},
-                                     {"steps", session.next_step},
-                                     {"act_codec", h.act_codec()},
-                                     {"bits", h.bits()}};
-    LOWBAND_RETURN_IF_ERROR(WriteSafetensors((dir / "adapter_model.safetensors").string(),
-                                             session.half->NamedParameters(),
-                                             {{"format", "pt"}, {"lowband", "split-server"}}));
-    LOWBAND_RETURN_IF_ERROR(worker::WriteFileAtomically(dir / "adapter_config.json", config.dump(2) + "\n"));
-    return dir.string();
+    const std::string dir = (std::filesystem::path(options_.split.out) / "sessions" / name).string();
+    LOWBAND_RETURN_IF_ERROR(SaveAdapterFiles(dir, "server", session.half->NamedParameters(),
+                                             {{"blocks", {options_.split.cut, options_.model.n_layers}},
+                                              {"task", options_.split.task},
+                                              {"num_classes", h.num_classes()},
+                                              {"r", h.lora_rank()},
+                                              {"lora_alpha", h.lora_alpha()},
+                                              {"modules", h.lora_modules()},
+                                              {"base", options_.split.base},
+                                              {"steps", session.next_step},
+                                              {"act_codec", h.act_codec()},
+                                              {"bits", h.bits()}}));
+    return dir;
   }
 
   SplitServerOptions options_;

@@ -2,16 +2,13 @@
 // one-way latency in each direction, run until SIGINT/SIGTERM. `lowband launch` starts one per worker
 // as `lowband link --listen HOST:0 --port-file F --upstream COORD --rate R --latency L --stats-json S`
 // and reads S after stopping it with SIGTERM; keep those flags and that file stable.
-#include <fcntl.h>
 #include <pthread.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <memory>
@@ -73,13 +70,13 @@ struct LinkArgs {
   uint64_t seed = 1;
 };
 
-// The value of the first non-empty text, parsed; `fallback` when both are empty.
 // A link rate: sim::ParseBandwidth's forms; "unlimited"/"inf" is LinkDirection's 0 (no limit).
 StatusOr<double> ParseLinkRate(std::string_view text) {
   LOWBAND_ASSIGN_OR_RETURN(const double bps, sim::ParseBandwidth(text));
   return std::isinf(bps) ? 0.0 : bps;
 }
 
+// The value of the first non-empty text, parsed; `fallback` when both are empty.
 double ParseOr(const std::string& specific, const std::string& both, double fallback,
                StatusOr<double> (*parse)(std::string_view), const char* flag_specific,
                const char* flag_both) {
@@ -92,20 +89,6 @@ double ParseOr(const std::string& specific, const std::string& both, double fall
         2);
   }
   return *value;
-}
-
-Status WriteTextAtomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return Unavailable(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
-  ::fsync(fd);
-  ::close(fd);
-  if (!ok) return Unavailable(fmt::format("writing '{}' failed", tmp));
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Unavailable(fmt::format("cannot rename '{}' to '{}': {}", tmp, path, std::strerror(errno)));
-  }
-  return Status::Ok();
 }
 
 nlohmann::json StatsJson(const LinkArgs& args, const comm::LinkShaperOptions& options, int port,
@@ -123,12 +106,8 @@ nlohmann::json StatsJson(const LinkArgs& args, const comm::LinkShaperOptions& op
 }
 
 void RunLink(const LinkArgs& args) {
-  if (args.upstream.empty()) {
-    throw CommandError(
-        "link: --upstream HOST:PORT is required: where the shaped connections go (e.g. the coordinator, "
-        "127.0.0.1:50051)",
-        2);
-  }
+  // LinkShaper::Start checks the addresses (a missing --upstream, HOST:PORT syntax) and the values;
+  // its InvalidArgument ("link shaper: upstream: bad address ...") exits 2 below.
   comm::LinkShaperOptions options;
   options.listen = args.listen;
   options.upstream = args.upstream;
@@ -150,14 +129,6 @@ void RunLink(const LinkArgs& args) {
   options.seed = args.seed;
   options.burst_bytes = args.burst;
   options.buffer_bytes = args.buffer;
-  auto check_address = [](const char* flag, const std::string& text) {
-    std::string host;
-    uint16_t port = 0;
-    const Status st = comm::SplitHostPort(text, &host, &port);
-    if (!st.ok()) throw CommandError(fmt::format("link: {}: {}", flag, st.message()), 2);
-  };
-  check_address("--listen", args.listen);
-  check_address("--upstream", args.upstream);
 
   // Block the stop signals before the shaper's thread exists (it inherits the mask), so that only
   // the sigtimedwait below takes them and a SIGTERM that comes early still ends in a clean exit.
@@ -175,7 +146,7 @@ void RunLink(const LinkArgs& args) {
   std::unique_ptr<comm::LinkShaper> shaper = std::move(started).value();
   const int port = shaper->port();
   if (!args.port_file.empty()) {
-    const Status st = WriteTextAtomic(args.port_file, fmt::format("{}\n", port));
+    const Status st = WritePortFile(args.port_file, port);
     if (!st.ok()) throw CommandError("link: --port-file: " + st.message());
   }
 

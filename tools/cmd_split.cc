@@ -2,12 +2,12 @@
 //
 // The server holds the top of a pretrained GPT and serves any number of client sessions; each client
 // runs the bottom on its own data, sends the cut activations (AMAQ) and gets their gradients back.
-// Both read the same config (every key also a flag); the client writes metrics/split-client.jsonl,
-// summary.json (loss/accuracy/perplexity, bits each way, bytes per example with every overhead) and
-// its adapters under --out.
-#include <csignal>
+// Both read the same config (every key also a flag). The server takes the model, base, cut and task
+// from its own config; the per-session settings (codecs, bits, LoRA, optimizer) come from each
+// client's hello. The client writes metrics/split-client.jsonl, summary.json (loss/accuracy/perplexity,
+// bits each way, payload bytes per example: every byte of every AMAQ payload, not gRPC framing or
+// the targets) and its adapters under --out.
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -46,9 +46,6 @@ struct ClientFlags {
 #if defined(LOWBAND_HAVE_SPLIT)
 namespace {
 
-volatile std::sig_atomic_t g_split_stop = 0;
-void OnSplitStop(int) { g_split_stop = 1; }
-
 void Ok(const Status& s) {
   if (!s.ok()) throw CommandError(s.ToString());
 }
@@ -69,15 +66,13 @@ void RunServer(const RunConfig& c, const ServerFlags& f) {
       (*server)->port(), c.model.d_model, c.model.n_layers, c.split.cut - 1, c.model.n_layers - c.split.cut,
       c.split.task, c.split.base.empty() ? "(random init)" : c.split.base);
   if (!f.port_file.empty()) {
-    const std::string tmp = f.port_file + ".tmp";
-    std::ofstream(tmp) << (*server)->port() << "\n";
-    std::filesystem::rename(tmp, f.port_file);
+    const Status written = WritePortFile(f.port_file, (*server)->port());
+    if (!written.ok()) throw CommandError("split-server: --port-file: " + written.message());
   }
-  std::signal(SIGINT, OnSplitStop);
-  std::signal(SIGTERM, OnSplitStop);
+  InstallStopHandlers();
   int64_t last_steps = -1;
   auto last_log = std::chrono::steady_clock::now();
-  while (!g_split_stop) {
+  while (!StopRequested()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const auto k = (*server)->counters();
     if (k.train_steps != last_steps &&
@@ -119,6 +114,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   auto data =
       worker::OpenDataset(c.data, f.client_id, f.clients, c.seed + static_cast<uint64_t>(f.client_id));
   Ok(data.status());
+  Ok(worker::CheckModelFitsData(c.model, c.data, **data, worker::TrainingPath::kSplit));
   const bool classify = c.split.task == "classify";
   if (classify != ((*data)->task() == worker::TaskKind::kTextClassification)) {
     throw CommandError(
@@ -162,10 +158,12 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
                              : fmt::format("  perplexity {:.3f}", std::exp(e->loss)));
     return *e;
   };
-  for (int64_t step = 0; step < c.steps && !g_split_stop; ++step) {
+  InstallStopHandlers();  // Ctrl-C ends training early; the final evaluation and the adapters still happen
+  for (int64_t step = 0; step < c.steps && !StopRequested(); ++step) {
     const worker::Batch batch = (*data)->NextTrainBatch();
     auto r = cl.Train(batch);
     Ok(r.status());
+    if (r->skipped_client_update) continue;  // nothing came back for this step: nothing to count
     const int64_t b = batch.inputs.size(0);
     examples += b;
     values += batch.inputs.numel() * c.model.d_model;
@@ -215,7 +213,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   const split::EvalReport final_eval = evaluate(cl.next_step());
   auto saved = cl.Finish(!f.no_save, f.no_save ? std::string() : f.out + "/adapters");
   Ok(saved.status());
-  // What the same examples would have cost in fp32 (both directions, headers included).
+  // What the same examples' payloads would have been in fp32 (both directions, no headers).
   const double fp32_per_example =
       2.0 * static_cast<double>(values * 4) / static_cast<double>(std::max<int64_t>(examples, 1));
   const auto stats = cl.allocator().stats();

@@ -1,10 +1,6 @@
 // `lowband coordinator`, `lowband worker` and `lowband launch`: a training run's processes.
-#include <unistd.h>
-
 #include <chrono>
-#include <csignal>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -27,9 +23,6 @@
 
 namespace lowband::tools {
 namespace {
-
-volatile std::sig_atomic_t g_stop = 0;
-void OnStop(int) { g_stop = 1; }
 
 RunConfig Resolve(const ConfigFlags& flags) {
   auto c = ResolveConfig(flags);
@@ -56,15 +49,6 @@ struct CoordinatorFlags {
 };
 
 #if defined(LOWBAND_HAVE_GRPC)
-// Element count of every fragment (what each sync of it carries), for summary.json and the simulator.
-nlohmann::json FragmentElements(const coordinator::CoordinatorCore& core) {
-  nlohmann::json out = nlohmann::json::array();
-  if (auto layout = core.layout()) {
-    for (uint32_t p = 0; p < layout->num_fragments(); ++p) out.push_back(layout->element_count(p));
-  }
-  return out;
-}
-
 void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   coordinator::CoordinatorOptions co;
   co.run_id = c.run.id;
@@ -102,12 +86,10 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
       co.mixing_alpha, quant::FormatName(co.upload_codec.format),
       quant::FormatName(co.download_codec.format));
   if (!f.port_file.empty()) {
-    const std::string tmp = f.port_file + ".tmp";
-    std::ofstream(tmp) << (*server)->port() << "\n";
-    std::filesystem::rename(tmp, f.port_file);
+    const Status written = WritePortFile(f.port_file, (*server)->port());
+    if (!written.ok()) throw CommandError("coordinator: --port-file: " + written.message());
   }
-  std::signal(SIGINT, OnStop);
-  std::signal(SIGTERM, OnStop);
+  InstallStopHandlers();
   comm::MetricsLog log;
   if (!f.out.empty()) {
     auto l = comm::MetricsLog::Open(f.out + "/metrics/coordinator.jsonl");
@@ -117,7 +99,7 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   comm::RunClock clock;
   uint64_t last_rounds = 0;
   double last_status = 0;
-  while (!g_stop) {
+  while (!StopRequested()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const auto counters = (*core)->counters();
     if (counters.rounds_closed != last_rounds || clock.Elapsed() - last_status > 10) {
@@ -157,7 +139,6 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
                       {"bootstrap_bytes_in", counters.bootstrap_bytes_in},
                       {"bootstrap_bytes_out", counters.bootstrap_bytes_out},
                       {"global_crc", (*core)->GlobalStateCrc()},
-                      {"fragment_elements", FragmentElements(**core)},
                       {"wall_seconds", clock.Elapsed()}};
   if (!f.out.empty()) Check(comm::WriteJsonFile(f.out + "/metrics/coordinator-result.json", r));
   spdlog::info("coordinator done: {} rounds, {} contributions, {} late pushes refused",

@@ -9,6 +9,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "quant/status.h"
+
 namespace lowband::tools {
 
 struct CommandError : std::runtime_error {
@@ -16,6 +18,18 @@ struct CommandError : std::runtime_error {
       : std::runtime_error(what), code(exit_code) {}
   int code;
 };
+
+// What the subcommands share (tools/command.cc).
+
+// Writes `port` and a newline to `path` atomically (temp file, fsync, rename), so a process that
+// waits for the file reads the whole number (`in >> port`) or finds no file. Unavailable when the
+// file cannot be written.
+Status WritePortFile(const std::string& path, int port);
+
+// Makes SIGINT and SIGTERM set a process-wide flag instead of ending the process, so a server loop
+// can stop cleanly; StopRequested() reads it (async-signal-safe flag, any thread).
+void InstallStopHandlers();
+bool StopRequested();
 
 void RegisterBench(CLI::App& app);
 void RegisterTraining(CLI::App& app);

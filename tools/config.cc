@@ -162,7 +162,7 @@ const std::vector<Binding>& Bindings() {
       LB_FIELD("split.importance_decay", split.importance_decay, "AMAQ: EMA factor of channel importance"),
       LB_FIELD("split.max_sessions", split.max_sessions, "server: most concurrent client sessions"),
       LB_FIELD("split.session_timeout_s", split.session_timeout_s, "server: drop sessions idle this long"),
-      LB_FIELD("split.out", split.out, "where adapters are saved (server: sessions/NAME, client: its own)"),
+      LB_FIELD("split.out", split.out, "server: where session adapters are saved (sessions/NAME)"),
   };
   return bindings;
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <deque>
@@ -221,6 +222,8 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
       s["final_eval_accuracy"] = r.value("final_eval_accuracy", nlohmann::json(nullptr));
       s["parameters"] = r.value("parameters", 0);
       s["steps"] = r.value("steps", config.steps);
+      // The coordinator's fragment layout, as a streaming/diloco worker saw it (ddp has none).
+      if (r.contains("fragment_elements")) s["fragment_elements"] = r["fragment_elements"];
     }
   }
   s["tokens"] = tokens;
@@ -242,7 +245,6 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
     auto coord = ReadJson(run_dir + "/metrics/coordinator-result.json");
     if (coord.ok()) {
       s["coordinator"] = *coord;
-      if (coord->contains("fragment_elements")) s["fragment_elements"] = (*coord)["fragment_elements"];
       bool same = !crcs.empty();
       for (const auto& c : crcs) same = same && c == (*coord)["global_crc"];
       s["global_state_identical"] = same;
@@ -283,15 +285,17 @@ std::string SummaryTable(const nlohmann::json& s) {
   return out;
 }
 
+namespace {
+
+// The addresses of deploy/netns-lab.sh's hosts.
 std::string NetnsCoordinatorIp() { return "10.77.0.1"; }
 std::string NetnsWorkerIp(int worker) { return fmt::format("10.77.0.{}", 10 + worker); }
-
-namespace {
 
 // A cgroup (v2 cpu.max, or v1 cpu.cfs_quota_us) capping one process at `cores` CPUs; removed by
 // the destructor (after the process has exited). The period is the kernel's default 100 ms: a
 // throttled worker sits out the rest of a period, communication threads included (measured in
-// docs/bandwidth-lab.md; a 10 ms period made LibTorch's steps 6x slower here).
+// docs/bandwidth-lab.md; a shorter period, tried once by hand, made LibTorch's steps several times
+// slower).
 class CpuCap {
  public:
   static StatusOr<std::unique_ptr<CpuCap>> Create(const std::string& name, double cores) {
@@ -363,46 +367,79 @@ StatusOr<int> WaitForPort(const std::string& port_file, std::vector<Child>& chil
   return port;
 }
 
-// summary.json's "link": the configured link and what each worker's shaper counted.
-StatusOr<nlohmann::json> LinkSummary(const LaunchOptions& o) {
+// The link options of `lowband launch` (--link-*, --netns-rate), parsed once.
+struct LinkConfig {
+  bool shaped = false;                     // a `lowband link` shaper per worker (HasLink)
+  std::optional<double> netns_bps;         // the tc tbf rate deploy/netns-lab.sh set (with --netns)
+  std::optional<double> rate_bps;          // the shapers' rate both ways; nullopt: none or unlimited
+  std::optional<double> up_bps, down_bps;  // per-direction overrides (nullopt: none or unlimited)
+  double latency_seconds = 0;
+  std::optional<double> jitter_seconds;
+};
+
+// Parses the link options; the error names the flag and the text. Reads no file.
+StatusOr<LinkConfig> ParseLinkConfig(const LaunchOptions& o) {
+  LinkConfig l;
+  l.shaped = HasLink(o);
+  auto rate = [](const std::string& text, const char* flag, std::optional<double>* out) -> Status {
+    if (text.empty()) return Status::Ok();
+    auto bps = sim::ParseBandwidth(text);
+    if (!bps.ok()) return bps.status().WithContext(flag);
+    if (std::isfinite(*bps)) *out = *bps;  // "unlimited": no rate to record
+    return Status::Ok();
+  };
+  if (!o.netns.empty()) LOWBAND_RETURN_IF_ERROR(rate(o.netns_rate, "--netns-rate", &l.netns_bps));
+  LOWBAND_RETURN_IF_ERROR(rate(o.link_rate, "--link-rate", &l.rate_bps));
+  LOWBAND_RETURN_IF_ERROR(rate(o.link_up_rate, "--link-up-rate", &l.up_bps));
+  LOWBAND_RETURN_IF_ERROR(rate(o.link_down_rate, "--link-down-rate", &l.down_bps));
+  auto seconds = [](const std::string& text, const char* flag, std::optional<double>* out) -> Status {
+    if (text.empty()) return Status::Ok();
+    auto s = sim::ParseSeconds(text);
+    if (!s.ok()) return s.status().WithContext(flag);
+    *out = *s;
+    return Status::Ok();
+  };
+  std::optional<double> latency;
+  LOWBAND_RETURN_IF_ERROR(seconds(o.link_latency, "--link-latency", &latency));
+  l.latency_seconds = latency.value_or(0.0);
+  LOWBAND_RETURN_IF_ERROR(seconds(o.link_jitter, "--link-jitter", &l.jitter_seconds));
+  return l;
+}
+
+// summary.json's "link" as configured (docs/run-outputs.md); the shapers' counters are added at
+// the end of the run. rate_mbit is the rate of the link both ways that the report plots and
+// simulates: the shapers' --link-rate when there is one, else the tc tbf rate; the tbf rate is
+// also kept under netns_rate_mbit, and per-direction overrides only under up/down_rate_mbit.
+nlohmann::json LinkJson(const LaunchOptions& o, const LinkConfig& l) {
   nlohmann::json link;
   if (!o.netns.empty()) {
-    link["kind"] = HasLink(o) ? "netns-tbf+shaper" : "netns-tbf";
-    if (!o.netns_rate.empty()) {
-      LOWBAND_ASSIGN_OR_RETURN(const double rate, sim::ParseBandwidth(o.netns_rate));
-      link["rate_mbit"] = rate / 1e6;
-    }
+    link["kind"] = l.shaped ? "netns-tbf+shaper" : "netns-tbf";
   } else {
     link["kind"] = "shaper";
   }
-  auto set_rate = [&](const std::string& text, const char* key) -> Status {
-    if (text.empty()) return Status::Ok();
-    LOWBAND_ASSIGN_OR_RETURN(const double rate, sim::ParseBandwidth(text));
-    if (std::isfinite(rate)) link[key] = rate / 1e6;  // "unlimited": no rate to record
-    return Status::Ok();
-  };
-  LOWBAND_RETURN_IF_ERROR(set_rate(o.link_rate, "rate_mbit"));
-  LOWBAND_RETURN_IF_ERROR(set_rate(o.link_up_rate, "up_rate_mbit"));
-  LOWBAND_RETURN_IF_ERROR(set_rate(o.link_down_rate, "down_rate_mbit"));
-  if (!link.contains("rate_mbit") && link.contains("up_rate_mbit")) link["rate_mbit"] = link["up_rate_mbit"];
-  link["latency_ms"] = 0.0;
-  if (!o.link_latency.empty()) {
-    LOWBAND_ASSIGN_OR_RETURN(const double latency, sim::ParseSeconds(o.link_latency));
-    link["latency_ms"] = latency * 1e3;
+  const auto mbit = [](double bps) { return bps / 1e6; };
+  if (l.netns_bps) link["netns_rate_mbit"] = mbit(*l.netns_bps);
+  if (l.rate_bps) {
+    link["rate_mbit"] = mbit(*l.rate_bps);
+  } else if (l.netns_bps) {
+    link["rate_mbit"] = mbit(*l.netns_bps);
   }
-  if (!o.link_jitter.empty()) {
-    LOWBAND_ASSIGN_OR_RETURN(const double jitter, sim::ParseSeconds(o.link_jitter));
-    link["jitter_ms"] = jitter * 1e3;
-  }
-  if (HasLink(o)) {
-    nlohmann::json shapers = nlohmann::json::array();
-    for (int i = 0; i < o.workers; ++i) {
-      auto stats = ReadJson(fmt::format("{}/links/worker-{}.json", o.out, i));
-      shapers.push_back(stats.ok() ? *stats : nlohmann::json(nullptr));
-    }
-    link["shapers"] = shapers;
-  }
+  if (l.up_bps) link["up_rate_mbit"] = mbit(*l.up_bps);
+  if (l.down_bps) link["down_rate_mbit"] = mbit(*l.down_bps);
+  link["latency_ms"] = l.latency_seconds * 1e3;
+  if (l.jitter_seconds) link["jitter_ms"] = *l.jitter_seconds * 1e3;
   return link;
+}
+
+// What each worker's shaper counted (RUN/links/worker-<i>.json, written when it stopped); null for
+// a shaper that left no file.
+nlohmann::json ShaperStats(const LaunchOptions& o) {
+  nlohmann::json shapers = nlohmann::json::array();
+  for (int i = 0; i < o.workers; ++i) {
+    auto stats = ReadJson(fmt::format("{}/links/worker-{}.json", o.out, i));
+    shapers.push_back(stats.ok() ? *stats : nlohmann::json(nullptr));
+  }
+  return shapers;
 }
 
 }  // namespace
@@ -418,7 +455,7 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
         "(kernel tbf on every host's link)");
   }
   // Checked before anything starts, so a typo does not cost a run.
-  LOWBAND_RETURN_IF_ERROR(LinkSummary(o).status());
+  LOWBAND_ASSIGN_OR_RETURN(const LinkConfig link, ParseLinkConfig(o));
   std::error_code ec;
   fs::create_directories(o.out + "/metrics", ec);
   fs::create_directories(o.out + "/logs", ec);
@@ -471,13 +508,15 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
     const std::string coordinator = fmt::format("{}:{}", host, *port);
     spdlog::info("coordinator listening on {}", coordinator);
     std::fill(endpoints.begin(), endpoints.end(), coordinator);
+    // All shapers start at once, then each is waited for: their start-up times overlap.
+    auto shaper_port = [&](int i) { return fmt::format("{}/links/worker-{}.port", o.out, i); };
+    auto shaper_log = [&](int i) { return fmt::format("{}/logs/link-{}.log", o.out, i); };
     for (int i = 0; shaped && i < o.workers; ++i) {
-      const std::string shaper_port = fmt::format("{}/links/worker-{}.port", o.out, i);
-      fs::remove(shaper_port, ec);
+      fs::remove(shaper_port(i), ec);
       std::vector<std::string> la{
-          "link",       "--listen",     host + ":0",
-          "--upstream", coordinator,    "--port-file",
-          shaper_port,  "--stats-json", fmt::format("{}/links/worker-{}.json", o.out, i)};
+          "link",         "--listen",     host + ":0",
+          "--upstream",   coordinator,    "--port-file",
+          shaper_port(i), "--stats-json", fmt::format("{}/links/worker-{}.json", o.out, i)};
       auto add = [&](const char* flag, const std::string& v) {
         if (!v.empty()) la.insert(la.end(), {flag, v});
       };
@@ -486,11 +525,14 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
       add("--jitter", o.link_jitter);
       add("--up-rate", o.link_up_rate);
       add("--down-rate", o.link_down_rate);
-      const std::string slog = fmt::format("{}/logs/link-{}.log", o.out, i);
-      LOWBAND_ASSIGN_OR_RETURN(Child sc, Spawn(fmt::format("link shaper {}", i), o.self, la, slog, coord_ns));
+      auto sc = Spawn(fmt::format("link shaper {}", i), o.self, la, shaper_log(i), coord_ns);
+      if (!sc.ok()) return fail(sc.status());
       shaper_children.push_back(children.size());
-      children.push_back(sc);
-      auto sp = WaitForPort(shaper_port, children, fmt::format("the link shaper of worker {}", i), slog);
+      children.push_back(*sc);
+    }
+    for (int i = 0; shaped && i < o.workers; ++i) {
+      auto sp = WaitForPort(shaper_port(i), children, fmt::format("the link shaper of worker {}", i),
+                            shaper_log(i));
       if (!sp.ok()) return fail(sp.status());
       endpoints[i] = fmt::format("{}:{}", host, *sp);
     }
@@ -506,13 +548,14 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
     if (o.resume) args.push_back("--resume");
     args.insert(args.end(), common.begin(), common.end());
     args.insert(args.end(), {ddp ? "--ddp-store" : "--coordinator", endpoints[i]});
-    LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn(fmt::format("worker {}", i), o.self, args,
-                                            fmt::format("{}/logs/worker-{}.log", o.out, i), worker_ns(i)));
+    auto c = Spawn(fmt::format("worker {}", i), o.self, args, fmt::format("{}/logs/worker-{}.log", o.out, i),
+                   worker_ns(i));
+    if (!c.ok()) return fail(c.status());
     worker_children.push_back(children.size());
-    children.push_back(c);
+    children.push_back(*c);
     if (o.cpu_per_worker > 0) {
       auto cap = CpuCap::Create(fmt::format("lowband-{}-w{}", ::getpid(), i), o.cpu_per_worker);
-      Status added = cap.ok() ? (*cap)->Add(c.pid) : cap.status();
+      Status added = cap.ok() ? (*cap)->Add(c->pid) : cap.status();
       if (!added.ok()) return fail(added);
       caps.push_back(std::move(*cap));
     }
@@ -593,7 +636,8 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   Stop(children, shaper_children, std::chrono::seconds(10));  // they write their final stats on SIGTERM
   LOWBAND_ASSIGN_OR_RETURN(nlohmann::json summary, Summarize(o.out, config, o.workers, wall));
   if (shaped || lab) {
-    LOWBAND_ASSIGN_OR_RETURN(summary["link"], LinkSummary(o));
+    summary["link"] = LinkJson(o, link);
+    if (shaped) summary["link"]["shapers"] = ShaperStats(o);
   }
   if (o.cpu_per_worker > 0) summary["cpu_per_worker"] = o.cpu_per_worker;
   LOWBAND_RETURN_IF_ERROR(comm::WriteJsonFile(o.out + "/summary.json", summary));

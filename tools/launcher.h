@@ -27,11 +27,11 @@ struct LaunchOptions {
   // Give up when no worker makes progress for this long.
   double stuck_seconds = 900;
 
-  // Shaped links (`lowband link`, docs/link-shaper.md): when link_rate or link_latency is set, one
-  // shaper process per worker sits between that worker and the coordinator, so every worker has a
-  // link of its own. Rates as `lowband link --rate` ("100mbit", "1gbit"), durations "20ms". The
-  // up/down values override link_rate for one direction. Not for ddp (Gloo connects rank to rank):
-  // shape ddp with deploy/netns-lab.sh.
+  // Shaped links (`lowband link`, docs/link-shaper.md): when any of the five link_* options below
+  // is set, one shaper process per worker sits between that worker and the coordinator, so every
+  // worker has a link of its own. Rates as `lowband link --rate` ("100mbit", "1gbit"), durations
+  // "20ms". The up/down values override link_rate for one direction. Not for ddp (Gloo connects
+  // rank to rank): shape ddp with deploy/netns-lab.sh.
   std::string link_rate;
   std::string link_latency;
   std::string link_jitter;
@@ -51,10 +51,6 @@ struct LaunchOptions {
   // others at every round.
   double cpu_per_worker = 0;
 };
-
-// The addresses of deploy/netns-lab.sh's hosts.
-std::string NetnsCoordinatorIp();
-std::string NetnsWorkerIp(int worker);
 
 StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& options);
 

@@ -692,21 +692,17 @@ Status ParseSummary(const fs::path& file, const json& s, RunData* run) {
   LOWBAND_RETURN_IF_ERROR(r.String(s, "late", "late", &run->late));
   LOWBAND_RETURN_IF_ERROR(r.Integer(s, "parameters", "parameters", &run->parameters));
   LOWBAND_RETURN_IF_ERROR(r.Integer(s, "codec_block", "codec_block", &run->codec_block));
-  if (const json* ws = FieldReader::Find(s, "worker_step_seconds"); ws != nullptr && ws->is_array()) {
-    for (const json& e : *ws) {
-      if (!e.is_number()) {
-        return r.WrongType("worker_step_seconds", "an array of seconds", *ws);
-      }
-      run->worker_step_seconds.push_back(e.get<double>());
+  LOWBAND_RETURN_IF_ERROR(
+      r.NumberArray(s, "worker_step_seconds", "worker_step_seconds", &run->worker_step_seconds));
+  std::vector<double> fragment_elements;
+  LOWBAND_RETURN_IF_ERROR(r.NumberArray(s, "fragment_elements", "fragment_elements", &fragment_elements));
+  for (size_t i = 0; i < fragment_elements.size(); ++i) {
+    const double n = fragment_elements[i];
+    if (!(n >= 0 && n == std::floor(n) && n < 1.8e19)) {
+      return r.WrongType(fmt::format("fragment_elements[{}]", i), "an element count",
+                         (*FieldReader::Find(s, "fragment_elements"))[i]);
     }
-  }
-  if (const json* fe = FieldReader::Find(s, "fragment_elements"); fe != nullptr && fe->is_array()) {
-    for (const json& e : *fe) {
-      if (!e.is_number_unsigned()) {
-        return r.WrongType("fragment_elements", "an array of element counts", *fe);
-      }
-      run->fragment_elements.push_back(e.get<uint64_t>());
-    }
+    run->fragment_elements.push_back(static_cast<uint64_t>(n));
   }
   return Status::Ok();
 }
@@ -1342,7 +1338,7 @@ std::string Markdown(const std::string& title, const std::vector<RunData>& runs,
     for (const RunData& r : runs) {
       if (!r.simulated || !r.compute_utilization) continue;
       const double m = *r.compute_utilization, p = r.simulated->utilization;
-      std::string step = fmt::format("{:.1f} ms", r.simulated->step_seconds * 1e3);
+      std::string step = fmt::format("{:.1f} ms", r.step_seconds.value_or(0) * 1e3);
       if (r.simulated->per_worker_steps) {
         const auto [lo, hi] = std::minmax_element(r.worker_step_seconds.begin(), r.worker_step_seconds.end());
         step += fmt::format(" ({:.1f}..{:.1f})", *lo * 1e3, *hi * 1e3);
@@ -1439,8 +1435,9 @@ std::string HumanBytes(double bytes) {
   return fmt::format("{:.{}f} {}", v, v < 10 ? 2 : (v < 100 ? 1 : 0), unit.name);
 }
 
-StatusOr<RunData> LoadRun(const fs::path& dir) {
-  LOWBAND_ASSIGN_OR_RETURN(const json summary, ReadSummary(dir, LaunchHint(dir)));
+namespace report_internal {
+
+StatusOr<RunData> LoadRun(const fs::path& dir, const json& summary) {
   const fs::path file = dir / "summary.json";
   if (IsSplitSummary(summary)) {
     return InvalidArgument(fmt::format(
@@ -1456,6 +1453,13 @@ StatusOr<RunData> LoadRun(const fs::path& dir) {
   }
   LoadMetrics(&run);
   return run;
+}
+
+}  // namespace report_internal
+
+StatusOr<RunData> LoadRun(const fs::path& dir) {
+  LOWBAND_ASSIGN_OR_RETURN(const json summary, ReadSummary(dir, LaunchHint(dir)));
+  return report_internal::LoadRun(dir, summary);
 }
 
 nlohmann::json ComparisonTable(const std::vector<RunData>& runs) {
@@ -1494,24 +1498,42 @@ StatusOr<ReportResult> WriteReport(const ReportOptions& options) {
   }
   // Runs of `lowband split-client` get their own report (tools/report_split.cc); one report does not
   // mix them with training runs, whose tables and plots share nothing with theirs.
-  std::vector<fs::path> split, training;
-  for (const fs::path& dir : options.runs) {
-    (IsSplitRun(dir) ? split : training).push_back(dir);
+  // Each summary.json is read once; one that cannot be read counts as a training run, whose loader
+  // reports why (with how to produce a run directory).
+  std::vector<StatusOr<json>> summaries;
+  summaries.reserve(options.runs.size());
+  std::optional<size_t> first_split, first_training;
+  for (size_t i = 0; i < options.runs.size(); ++i) {
+    summaries.push_back(ReadSummary(options.runs[i], LaunchHint(options.runs[i])));
+    std::optional<size_t>& first =
+        summaries.back().ok() && IsSplitSummary(*summaries.back()) ? first_split : first_training;
+    if (!first) {
+      first = i;
+    }
   }
-  if (!split.empty() && !training.empty()) {
+  if (first_split && first_training) {
     return InvalidArgument(fmt::format(
         "{} is a split-learning run (lowband split-client) and {} a training run (lowband launch): report "
         "them in separate calls (with separate --out directories)",
-        split.front().string(), training.front().string()));
+        options.runs[*first_split].string(), options.runs[*first_training].string()));
   }
-  if (!split.empty()) {
-    return WriteSplitReport(options);
+  if (first_split) {
+    std::vector<json> split;
+    split.reserve(summaries.size());
+    for (StatusOr<json>& summary : summaries) {
+      split.push_back(std::move(*summary));
+    }
+    return WriteSplitReport(options, split);
   }
 
   ReportResult result;
-  for (const fs::path& dir : options.runs) {
+  for (size_t i = 0; i < options.runs.size(); ++i) {
+    const fs::path& dir = options.runs[i];
     spdlog::info("report: reading {}", dir.string());
-    LOWBAND_ASSIGN_OR_RETURN(RunData run, LoadRun(dir));
+    if (!summaries[i].ok()) {
+      return summaries[i].status();
+    }
+    LOWBAND_ASSIGN_OR_RETURN(RunData run, report_internal::LoadRun(dir, *summaries[i]));
     result.bad_metrics_lines += run.bad_metrics_lines;
     result.runs.push_back(std::move(run));
   }

@@ -56,12 +56,10 @@ struct LinkInfo {
   std::string kind;
 };
 
-// What the simulator (sim/) predicts for a run's settings over its link, and the inputs it used.
+// What the simulator (sim/) predicts for a run's settings over its link (its step time is the run's
+// step_seconds).
 struct SimulatedRun {
-  double utilization = 0;          // simulator's compute_utilization over the run's steps
-  double effective_rate_mbit = 0;  // the payload rate the simulator was given
-  double latency_ms = 0;
-  double step_seconds = 0;
+  double utilization = 0;         // simulator's compute_utilization over the run's steps
   bool per_worker_steps = false;  // each worker simulated with its own measured step time
 };
 

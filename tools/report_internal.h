@@ -74,6 +74,9 @@ Status WriteFile(const std::filesystem::path& path, std::string_view text);
 // file and end with `hint`.
 StatusOr<nlohmann::json> ReadSummary(const std::filesystem::path& dir, std::string_view hint);
 
+// LoadRun (tools/report.h) for a summary.json already read from DIR (ReadSummary).
+StatusOr<RunData> LoadRun(const std::filesystem::path& dir, const nlohmann::json& summary);
+
 // Numeric member or nullopt (metrics are best-effort: a wrong type is treated as absent).
 std::optional<double> NumberOf(const nlohmann::json& obj, std::string_view key);
 
@@ -187,10 +190,9 @@ std::string PlotsMarkdown(const std::vector<Plot>& plots, const Gnuplot& gnuplot
 // "task" or "final_bits_histogram".
 bool IsSplitSummary(const nlohmann::json& summary);
 
-// DIR/summary.json exists, is JSON and IsSplitSummary (false on any error: LoadRun reports those).
-bool IsSplitRun(const std::filesystem::path& dir);
-
-// WriteReport for runs that are all split-client run directories.
-StatusOr<ReportResult> WriteSplitReport(const ReportOptions& options);
+// WriteReport for runs that are all split-client run directories; summaries[i] is
+// options.runs[i]/summary.json, parsed (ReadSummary) and IsSplitSummary.
+StatusOr<ReportResult> WriteSplitReport(const ReportOptions& options,
+                                        const std::vector<nlohmann::json>& summaries);
 
 }  // namespace lowband::tools::report_internal

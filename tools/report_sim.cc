@@ -75,9 +75,6 @@ StatusOr<SimulatedRun> SimulateRun(const RunData& run, std::optional<double> rat
   if (!result.ok()) return result.status().WithContext("simulating " + run.name);
   SimulatedRun out;
   out.utilization = result->compute_utilization;
-  out.effective_rate_mbit = c.bandwidth_bps / 1e6;
-  out.latency_ms = c.latency_seconds * 1e3;
-  out.step_seconds = c.step_seconds;
   out.per_worker_steps = per_worker;
   return out;
 }

@@ -273,8 +273,8 @@ void LoadSplitMetrics(SplitRun* run) {
   }
 }
 
-StatusOr<SplitRun> LoadSplitRun(const fs::path& dir) {
-  LOWBAND_ASSIGN_OR_RETURN(const json summary, ReadSummary(dir, SplitHint(dir)));
+// A split run from DIR/summary.json, already read (`summary`), and DIR/metrics/.
+StatusOr<SplitRun> LoadSplitRun(const fs::path& dir, const json& summary) {
   SplitRun run;
   run.dir = dir;
   run.name = DirName(dir);
@@ -506,8 +506,9 @@ std::string Markdown(const std::string& title, const std::vector<SplitRun>& runs
       "same task: accuracy in percentage points, perplexity as a relative change (lower is better); — "
       "when no fp32 run of that task is given. Mean bits are the code bits per value that crossed the "
       "cut, averaged over the steps (activations up, gradients down; 32 for fp32). Bytes / example is "
-      "(bytes up + bytes down) / examples: every byte on the wire, message headers, scales and AMAQ "
-      "bit maps included; bit-map bytes are the maps alone, both ways (share of all bytes). \"Fewer "
+      "(bytes up + bytes down) / examples over the training steps: every byte of every AMAQ payload "
+      "(header, per-channel min and scale, codes, bit maps), not gRPC framing, targets or evaluation "
+      "traffic; bit-map bytes are the maps alone, both ways (share of all bytes). \"Fewer "
       "bytes than fp32\" is summary.json's `compression_vs_fp32`: what the same values would take in "
       "fp32 (4 bytes each, both ways) over the bytes sent.\n\n";
 
@@ -600,17 +601,17 @@ bool IsSplitSummary(const json& summary) {
          (summary.contains("task") || summary.contains("final_bits_histogram"));
 }
 
-bool IsSplitRun(const fs::path& dir) {
-  auto summary = ReadSummary(dir, "");
-  return summary.ok() && IsSplitSummary(*summary);
-}
-
-StatusOr<ReportResult> WriteSplitReport(const ReportOptions& options) {
+StatusOr<ReportResult> WriteSplitReport(const ReportOptions& options, const std::vector<json>& summaries) {
+  if (summaries.size() != options.runs.size()) {
+    return InvalidArgument(
+        fmt::format("report: {} run directories but {} summaries", options.runs.size(), summaries.size()));
+  }
   std::vector<SplitRun> runs;
   ReportResult result;
-  for (const fs::path& dir : options.runs) {
+  for (size_t i = 0; i < options.runs.size(); ++i) {
+    const fs::path& dir = options.runs[i];
     spdlog::info("report: reading {} (split-learning run)", dir.string());
-    LOWBAND_ASSIGN_OR_RETURN(SplitRun run, LoadSplitRun(dir));
+    LOWBAND_ASSIGN_OR_RETURN(SplitRun run, LoadSplitRun(dir, summaries[i]));
     result.bad_metrics_lines += run.bad_metrics_lines;
     runs.push_back(std::move(run));
   }

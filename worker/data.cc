@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <string_view>
 
@@ -16,6 +17,23 @@
 
 namespace lowband::worker {
 namespace {
+
+// Shard `shard` of `num_shards` contiguous slices covering [0, total): [begin, end).
+std::pair<int64_t, int64_t> ShardSlice(int64_t total, int shard, int num_shards) {
+  return {total * shard / num_shards, total * (shard + 1) / num_shards};
+}
+
+// Batches of consecutive examples 0..n-1 (the last one may be smaller): evaluation sets.
+template <typename MakeBatch>
+std::vector<Batch> SequentialBatches(int64_t n, int batch_size, MakeBatch make) {
+  std::vector<Batch> out;
+  for (int64_t first = 0; first < n; first += batch_size) {
+    std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(batch_size, n - first)));
+    std::iota(idx.begin(), idx.end(), first);
+    out.push_back(make(idx));
+  }
+  return out;
+}
 
 namespace fs = std::filesystem;
 
@@ -108,8 +126,7 @@ class TokenDataset final : public Dataset {
     const int64_t n = file_size / token_bytes;
     const int64_t heldout = std::llround(static_cast<double>(n) * c.heldout_fraction);
     const int64_t train_total = n - heldout;
-    const int64_t begin = train_total * shard / num_shards;
-    const int64_t end = train_total * (shard + 1) / num_shards;
+    const auto [begin, end] = ShardSlice(train_total, shard, num_shards);
     const int64_t T = c.seq_len;
     if (end - begin < T + 1) {
       return FailedPrecondition(Quoted(path) + ": training shard " + std::to_string(shard) + " of " +
@@ -339,8 +356,7 @@ class FashionMnistDataset final : public Dataset {
     const std::string& dir = c.data_dir;
     LOWBAND_ASSIGN_OR_RETURN(ImageSet head, ReadFashionSplit(dir, "train", 0, 0));
     const int64_t total = head.total;
-    const int64_t begin = total * shard / num_shards;
-    const int64_t end = total * (shard + 1) / num_shards;
+    const auto [begin, end] = ShardSlice(total, shard, num_shards);
     if (end - begin < 1) {
       return FailedPrecondition("fashion-mnist: training shard " + std::to_string(shard) + " of " +
                                 std::to_string(num_shards) + " is empty (" + std::to_string(total) +
@@ -351,12 +367,8 @@ class FashionMnistDataset final : public Dataset {
     if (c.eval_batches > 0) {
       LOWBAND_ASSIGN_OR_RETURN(ImageSet test,
                                ReadFashionSplit(dir, "t10k", 0, int64_t{c.eval_batches} * c.batch_size));
-      const auto n = static_cast<int64_t>(test.labels.size());
-      for (int64_t first = 0; first < n; first += c.batch_size) {
-        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(c.batch_size, n - first)));
-        std::iota(idx.begin(), idx.end(), first);
-        eval.push_back(MakeImageBatch(test, idx));
-      }
+      eval = SequentialBatches(static_cast<int64_t>(test.labels.size()), c.batch_size,
+                               [&](const std::vector<int64_t>& idx) { return MakeImageBatch(test, idx); });
     }
     return std::unique_ptr<Dataset>(
         new FashionMnistDataset(c, std::move(train), std::move(eval), begin, total, seed, shard));
@@ -384,12 +396,14 @@ struct TextExamples {
   std::vector<std::string> texts;  // each cut to at most seq_len bytes
   std::vector<int64_t> labels;
   int64_t total = 0;  // examples (lines) in the whole file
+  int64_t begin = 0;  // line index of texts[0]
 };
 
-// Reads examples [first, first + count) of a JSON-lines file of {"label": 0|1, "text": ...} objects
-// (count < 0: to the end), keeping the first `max_bytes` bytes of each text. `hint` is appended to
-// the error when the file is missing, `redo` when it is malformed.
-StatusOr<TextExamples> ReadTextExamples(const std::string& path, int64_t first, int64_t count,
+// Reads shard `shard` of `num_shards` contiguous slices of a JSON-lines file of {"label": 0|1,
+// "text": ...} objects, at most `limit` examples from the slice's start, keeping the first
+// `max_bytes` bytes of each text; the file is read once. `hint` is appended to the error when the
+// file is missing, `redo` when it is malformed.
+StatusOr<TextExamples> ReadTextExamples(const std::string& path, int shard, int num_shards, int64_t limit,
                                         int64_t max_bytes, const std::string& hint, const std::string& redo) {
   LOWBAND_RETURN_IF_ERROR(FileSize(path, hint).status());
   LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(path));
@@ -403,20 +417,21 @@ StatusOr<TextExamples> ReadTextExamples(const std::string& path, int64_t first, 
   }
   TextExamples out;
   out.total = static_cast<int64_t>(lines.size());
-  if (count < 0) count = out.total - first;
-  count = std::max<int64_t>(0, std::min(count, out.total - first));
-  for (int64_t i = first; i < first + count; ++i) {
-    const std::string where = Quoted(path) + " line " + std::to_string(i + 1);
+  const auto [begin, end] = ShardSlice(out.total, shard, num_shards);
+  out.begin = begin;
+  const int64_t stop = begin + std::min(end - begin, limit);
+  for (int64_t i = begin; i < stop; ++i) {
+    const auto where = [&] { return Quoted(path) + " line " + std::to_string(i + 1); };
     const auto j = nlohmann::json::parse(lines[static_cast<size_t>(i)], nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) return DataLoss(where + " is not a JSON object" + redo);
+    if (j.is_discarded() || !j.is_object()) return DataLoss(where() + " is not a JSON object" + redo);
     const auto label = j.find("label");
     const auto text = j.find("text");
     if (label == j.end() || !label->is_number_integer() || text == j.end() || !text->is_string()) {
-      return DataLoss(where + " lacks an integer \"label\" or a string \"text\"" + redo);
+      return DataLoss(where() + " lacks an integer \"label\" or a string \"text\"" + redo);
     }
     const auto value = label->get<int64_t>();
     if (value < 0 || value >= kSpamClasses) {
-      return DataLoss(where + ": label " + std::to_string(value) + " is outside [0, 2)" + redo);
+      return DataLoss(where() + ": label " + std::to_string(value) + " is outside [0, 2)" + redo);
     }
     const auto& s = text->get_ref<const std::string&>();
     out.texts.push_back(s.substr(0, static_cast<size_t>(std::min<int64_t>(max_bytes, std::ssize(s)))));
@@ -467,29 +482,24 @@ class TextClassificationDataset final : public Dataset {
     const std::string heldout_path = (dir / "heldout.jsonl").string();
     // Both files must be there, even when no evaluation batches are asked for.
     LOWBAND_RETURN_IF_ERROR(FileSize(heldout_path, hint).status());
-    LOWBAND_ASSIGN_OR_RETURN(TextExamples head, ReadTextExamples(train_path, 0, 0, c.seq_len, hint, redo));
-    const int64_t total = head.total;
-    const int64_t begin = total * shard / num_shards;
-    const int64_t end = total * (shard + 1) / num_shards;
-    if (end - begin < 1) {
+    LOWBAND_ASSIGN_OR_RETURN(TextExamples train,
+                             ReadTextExamples(train_path, shard, num_shards,
+                                              std::numeric_limits<int64_t>::max(), c.seq_len, hint, redo));
+    if (train.labels.empty()) {
       return FailedPrecondition("spam-assassin: training shard " + std::to_string(shard) + " of " +
-                                std::to_string(num_shards) + " is empty (" + std::to_string(total) +
+                                std::to_string(num_shards) + " is empty (" + std::to_string(train.total) +
                                 " e-mails in " + Quoted(train_path) + "); use fewer workers");
     }
-    LOWBAND_ASSIGN_OR_RETURN(TextExamples train,
-                             ReadTextExamples(train_path, begin, end - begin, c.seq_len, hint, redo));
     std::vector<Batch> eval;
     if (c.eval_batches > 0) {
-      LOWBAND_ASSIGN_OR_RETURN(
-          const TextExamples held,
-          ReadTextExamples(heldout_path, 0, int64_t{c.eval_batches} * c.batch_size, c.seq_len, hint, redo));
-      const auto n = static_cast<int64_t>(held.labels.size());
-      for (int64_t first = 0; first < n; first += c.batch_size) {
-        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(c.batch_size, n - first)));
-        std::iota(idx.begin(), idx.end(), first);
-        eval.push_back(MakeTextBatch(held, idx, c.seq_len));
-      }
+      LOWBAND_ASSIGN_OR_RETURN(const TextExamples held,
+                               ReadTextExamples(heldout_path, 0, 1, int64_t{c.eval_batches} * c.batch_size,
+                                                c.seq_len, hint, redo));
+      eval = SequentialBatches(
+          static_cast<int64_t>(held.labels.size()), c.batch_size,
+          [&](const std::vector<int64_t>& idx) { return MakeTextBatch(held, idx, c.seq_len); });
     }
+    const int64_t begin = train.begin, total = train.total;
     return std::unique_ptr<Dataset>(
         new TextClassificationDataset(c, std::move(train), std::move(eval), begin, total, seed, shard));
   }
@@ -592,8 +602,14 @@ StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DataConfig& config, int sha
   });
 }
 
-Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config, const Dataset& data) {
+Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config, const Dataset& data,
+                          TrainingPath path) {
   if (data.task() == TaskKind::kTextClassification) {
+    if (path != TrainingPath::kSplit) {
+      return InvalidArgument("dataset " + Quoted(data_config.dataset) +
+                             " is text classification: it trains with `lowband split-client` (split.task "
+                             "classify, which adds the classification head), not with launch/worker");
+    }
     if (model.kind != "gpt" || model.vocab < kByteVocab) {
       return InvalidArgument("dataset " + Quoted(data_config.dataset) +
                              " is text classification over bytes (token ids 1..255, 0 = padding) and needs "

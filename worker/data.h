@@ -101,8 +101,12 @@ class Dataset {
 // Checks that `model` can train on `data`: a GPT for token data with vocab >= NumClasses, a classifier
 // with num_classes >= NumClasses for images, a byte-level GPT (vocab >= 256, context >= seq_len) for
 // text classification (the split-learning path puts its own classification head on it).
+// Which training path will use the data: the Streaming DiLoCo / ddp engine (launch, worker) trains
+// language models and image classifiers; split learning (split-client) also trains text classifiers.
+enum class TrainingPath { kEngine, kSplit };
+
 [[nodiscard]] Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config,
-                                        const Dataset& data);
+                                        const Dataset& data, TrainingPath path = TrainingPath::kEngine);
 
 // ---------------------------------------------------------------------------------------------------
 // IDX files (the format of MNIST and Fashion-MNIST): 2 zero bytes, a type byte (0x08 = unsigned byte,

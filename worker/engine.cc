@@ -540,6 +540,13 @@ class DdpWorker {
   explicit DdpWorker(const EngineOptions& o) : o_(o), trainer_(o) {}
 
   Status Run() {
+    if (o_.resume) {
+      // Its checkpoints are snapshots (and a fine-tuning base); restarting ranks from them in step is not
+      // built yet, and silently starting over would overwrite them.
+      return FailedPrecondition(
+          "algo ddp cannot resume from checkpoints (only streaming and diloco can): start a new "
+          "run, or drop --resume");
+    }
     LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
     LOWBAND_ASSIGN_OR_RETURN(reducer_, GradientAllReducer::Create(o_.store_address, o_.worker_index,
                                                                   o_.num_workers, o_.collective_timeout));

@@ -43,11 +43,11 @@ double ScheduledLearningRate(const InnerOptimizerConfig& c, int64_t step) {
   return min_lr + (c.lr - min_lr) * 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
-InnerOptimizer::InnerOptimizer(Model& model, const InnerOptimizerConfig& config)
-    : model_(&model), config_(config) {
+InnerOptimizer::InnerOptimizer(Model* model, std::vector<torch::Tensor> params,
+                               const InnerOptimizerConfig& config)
+    : model_(model), config_(config), params_(std::move(params)) {
   std::vector<torch::Tensor> decay, no_decay;
-  for (const auto& [name, p] : model.NamedParameters()) {
-    params_.push_back(p);
+  for (const torch::Tensor& p : params_) {
     (p.dim() >= 2 ? decay : no_decay).push_back(p);
   }
   const auto options = [&](double weight_decay) {
@@ -70,13 +70,30 @@ StatusOr<std::unique_ptr<InnerOptimizer>> InnerOptimizer::Create(Model& model,
                                                                  const InnerOptimizerConfig& config) {
   LOWBAND_RETURN_IF_ERROR(ValidateInnerOptimizerConfig(config));
   return GuardTorch("InnerOptimizer", [&]() -> StatusOr<std::unique_ptr<InnerOptimizer>> {
-    return std::unique_ptr<InnerOptimizer>(new InnerOptimizer(model, config));
+    std::vector<torch::Tensor> params;
+    for (const auto& [name, p] : model.NamedParameters()) params.push_back(p);
+    return std::unique_ptr<InnerOptimizer>(new InnerOptimizer(&model, std::move(params), config));
   });
+}
+
+StatusOr<std::unique_ptr<InnerOptimizer>> InnerOptimizer::Create(std::vector<torch::Tensor> params,
+                                                                 const InnerOptimizerConfig& config) {
+  LOWBAND_RETURN_IF_ERROR(ValidateInnerOptimizerConfig(config));
+  return GuardTorch("InnerOptimizer", [&]() -> StatusOr<std::unique_ptr<InnerOptimizer>> {
+    return std::unique_ptr<InnerOptimizer>(new InnerOptimizer(nullptr, std::move(params), config));
+  });
+}
+
+void InnerOptimizer::ZeroGrad() {
+  adamw_->zero_grad();  // 1.13: sets .grad() to zero (set_to_none=false), keeping its storage
+  has_gradients_ = true;
 }
 
 StatusOr<float> InnerOptimizer::ForwardBackward(Model& model, const Batch& batch) {
   if (&model != model_) {
-    return InvalidArgument("InnerOptimizer: called with a different model than the one it was created for");
+    return InvalidArgument(
+        model_ == nullptr ? "InnerOptimizer: created over tensors; run the backward yourself after ZeroGrad"
+                          : "InnerOptimizer: called with a different model than the one it was created for");
   }
   return GuardTorch("inner step " + std::to_string(step_), [&]() -> StatusOr<float> {
     adamw_->zero_grad();  // 1.13: sets .grad() to zero (set_to_none=false), keeping its storage
@@ -95,7 +112,9 @@ StatusOr<float> InnerOptimizer::ForwardBackward(Model& model, const Batch& batch
 
 Status InnerOptimizer::ApplyStep() {
   if (!has_gradients_) {
-    return FailedPrecondition("InnerOptimizer::ApplyStep: no gradients; call ForwardBackward first");
+    return FailedPrecondition(
+        "InnerOptimizer::ApplyStep: no gradients; call ForwardBackward (or ZeroGrad and "
+        "your own backward) first");
   }
   return GuardTorch("inner step " + std::to_string(step_), [&]() -> Status {
     const double max_norm =

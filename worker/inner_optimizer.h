@@ -39,6 +39,10 @@ class InnerOptimizer {
   // Builds AdamW over all of model.NamedParameters(). `model` must outlive the optimizer.
   [[nodiscard]] static StatusOr<std::unique_ptr<InnerOptimizer>> Create(Model& model,
                                                                         const InnerOptimizerConfig& config);
+  // Builds AdamW over plain tensors (e.g. LoRA adapters beside a frozen model): the caller runs its own
+  // forward and backward between ZeroGrad and ApplyStep; ForwardBackward and Step are refused.
+  [[nodiscard]] static StatusOr<std::unique_ptr<InnerOptimizer>> Create(std::vector<torch::Tensor> params,
+                                                                        const InnerOptimizerConfig& config);
   ~InnerOptimizer();
   InnerOptimizer(const InnerOptimizer&) = delete;
   InnerOptimizer& operator=(const InnerOptimizer&) = delete;
@@ -51,6 +55,9 @@ class InnerOptimizer {
   // First half of Step: zero the gradients, forward, backward. Returns the loss; the gradients are in
   // each parameter's .grad() for the caller to read or all-reduce before ApplyStep.
   [[nodiscard]] StatusOr<float> ForwardBackward(Model& model, const Batch& batch);
+
+  // Zeroes the gradients and opens a step whose backward the caller runs itself (tensor optimizers).
+  void ZeroGrad();
 
   // Second half of Step: clip the gradients, set this step's learning rate, apply AdamW, advance the
   // step counter. FailedPrecondition unless a ForwardBackward came before it.
@@ -70,9 +77,9 @@ class InnerOptimizer {
   [[nodiscard]] Status Load(torch::serialize::InputArchive& archive);
 
  private:
-  InnerOptimizer(Model& model, const InnerOptimizerConfig& config);
+  InnerOptimizer(Model* model, std::vector<torch::Tensor> params, const InnerOptimizerConfig& config);
 
-  Model* model_;
+  Model* model_;  // null for an optimizer over plain tensors
   InnerOptimizerConfig config_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::AdamW> adamw_;

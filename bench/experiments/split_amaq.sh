@@ -7,7 +7,8 @@
 # 2. Spam/ham classification (configs/split-spam.yaml) and LM fine-tuning on e-mail text
 #    (configs/split-lm.yaml), each with fp32, fixed 8-bit, fixed 4-bit, fixed 3-bit, AMAQ at a 4-bit and
 #    a 3-bit budget: one split-server per task, one split-client per codec (same seed, same data order).
-# 3. `lowband report` on every client run: report.md with the table and plots.
+# 3. `lowband report` per task: OUT/report-{spam,lm}/report.md with the table and plots.
+# Layout: OUT/runs/<task>-<codec> (client run dirs), OUT/logs, OUT/servers (server adapters).
 # Environment: BASE (skip pretraining), PRETRAIN_STEPS (600), SPAM_STEPS (300), LM_STEPS (150), CODECS,
 # EXTRA (more split-client flags, e.g. "--eval-every 1000" for one evaluation at the end).
 set -euo pipefail
@@ -35,27 +36,32 @@ stop_server() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "
 trap stop_server EXIT
 
 run_task() {  # task config steps
-  local task=$1 config=$2 steps=$3
-  rm -f "$OUT/$task.port"
-  "$BIN" split-server --config "$config" --base "$BASE" --listen 127.0.0.1:0 --port-file "$OUT/$task.port" \
-    --set split.out="$OUT/$task-server" > "$OUT/$task-server.log" 2>&1 &
+  local task=$1 config=$2 steps=$3 port=$OUT/servers/$task.port
+  mkdir -p "$OUT/servers" "$OUT/logs" "$OUT/runs"
+  rm -f "$port"
+  "$BIN" split-server --config "$config" --base "$BASE" --listen 127.0.0.1:0 --port-file "$port" \
+    --set split.out="$OUT/servers/$task" > "$OUT/logs/$task-server.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 100); do [ -s "$OUT/$task.port" ] && break; sleep 0.2; done
-  [ -s "$OUT/$task.port" ] || { cat "$OUT/$task-server.log"; exit 1; }
+  for _ in $(seq 100); do [ -s "$port" ] && break; sleep 0.2; done
+  [ -s "$port" ] || { cat "$OUT/logs/$task-server.log"; exit 1; }
   for spec in $CODECS; do
     local codec=${spec%%:*} bits=${spec#*:}
     [ "$codec" = fp32 ] && bits=4
     local name=$task-${codec}${spec#"$codec"}
     name=${name//:/}
-    echo "== $name"
-    "$BIN" split-client --config "$config" --base "$BASE" --server "127.0.0.1:$(cat "$OUT/$task.port")" \
-      --split-codec "$codec" --bits "$bits" --steps "$steps" --name "$name" --out "$OUT/$name" \
-      --set run.name="$name" ${EXTRA:-} 2>&1 | tee "$OUT/$name.log" | grep -E "eval|split-client" || true
+    echo "== $name (log: $OUT/logs/$name.log)"
+    "$BIN" split-client --config "$config" --base "$BASE" --server "127.0.0.1:$(cat "$port")" \
+      --split-codec "$codec" --bits "$bits" --steps "$steps" --name "$name" --out "$OUT/runs/$name" \
+      --set run.name="$name" ${EXTRA:-} > "$OUT/logs/$name.log" 2>&1 || { tail -20 "$OUT/logs/$name.log"; exit 1; }
+    grep -E "^split-client" "$OUT/logs/$name.log"
   done
   stop_server
 }
 
 run_task spam configs/split-spam.yaml "${SPAM_STEPS:-300}"
 run_task lm configs/split-lm.yaml "${LM_STEPS:-150}"
-"$BIN" report "$OUT"/spam-* "$OUT"/lm-* --out "$OUT/report" 2>/dev/null || true
-echo "results: $OUT/*/summary.json${OUT:+, report: $OUT/report/report.md}"
+# One report per task (accuracy and perplexity do not share a table).
+for task in spam lm; do
+  "$BIN" report "$OUT"/runs/$task-* --out "$OUT/report-$task" --title "Split fine-tuning with AMAQ: $task"
+done
+echo "results: $OUT/runs/*/summary.json, reports: $OUT/report-spam/report.md $OUT/report-lm/report.md"

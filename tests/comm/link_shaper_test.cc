@@ -130,16 +130,25 @@ bool ReadExact(int fd, char* p, size_t n) {
   return true;
 }
 
-// Reads until EOF; returns the bytes, or what came before an error.
-std::vector<char> ReadToEof(int fd) {
-  std::vector<char> out;
+// Receives from `fd` in chunks of up to 64 KiB until EOF or an error, calling `on_chunk(data, n)`
+// for each; stops early when it returns false.
+void ForEachChunk(int fd, const std::function<bool(const char*, size_t)>& on_chunk) {
   std::vector<char> buf(64 * 1024);
   for (;;) {
     const ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
-    out.insert(out.end(), buf.begin(), buf.begin() + r);
+    if (!on_chunk(buf.data(), static_cast<size_t>(r))) break;
   }
+}
+
+// Reads until EOF; returns the bytes, or what came before an error.
+std::vector<char> ReadToEof(int fd) {
+  std::vector<char> out;
+  ForEachChunk(fd, [&](const char* p, size_t n) {
+    out.insert(out.end(), p, p + n);
+    return true;
+  });
   return out;
 }
 
@@ -197,13 +206,7 @@ class TestServer {
 };
 
 void Echo(int fd) {
-  std::vector<char> buf(64 * 1024);
-  for (;;) {
-    const ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    if (!WriteAll(fd, buf.data(), static_cast<size_t>(r))) break;
-  }
+  ForEachChunk(fd, [fd](const char* p, size_t n) { return WriteAll(fd, p, n); });
   ::shutdown(fd, SHUT_WR);
 }
 
@@ -259,13 +262,10 @@ struct Arrivals {
 };
 
 void CountToEof(int fd, Arrivals& arrivals) {
-  std::vector<char> buf(64 * 1024);
-  for (;;) {
-    const ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    arrivals.Add(static_cast<size_t>(r));
-  }
+  ForEachChunk(fd, [&](const char*, size_t n) {
+    arrivals.Add(n);
+    return true;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,14 +537,10 @@ TEST(LinkShaper, ManyConnectionsShareOneBucket) {
   const double rate = 20e6;
   Arrivals up_arrivals;
   TestServer echo([&](int fd) {
-    std::vector<char> buf(64 * 1024);
-    for (;;) {
-      const ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) break;
-      up_arrivals.Add(static_cast<size_t>(r));
-      if (!WriteAll(fd, buf.data(), static_cast<size_t>(r))) break;
-    }
+    ForEachChunk(fd, [&](const char* p, size_t n) {
+      up_arrivals.Add(n);
+      return WriteAll(fd, p, n);
+    });
     ::shutdown(fd, SHUT_WR);
   });
   auto shaper = StartShaper(Link(echo.port(), rate));
@@ -562,14 +558,11 @@ TEST(LinkShaper, ManyConnectionsShareOneBucket) {
         ::shutdown(fd, SHUT_WR);
       });
       std::vector<char> got;
-      std::vector<char> buf(64 * 1024);
-      for (;;) {
-        const ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        down_arrivals.Add(static_cast<size_t>(r));
-        got.insert(got.end(), buf.begin(), buf.begin() + r);
-      }
+      ForEachChunk(fd, [&](const char* p, size_t n) {
+        down_arrivals.Add(n);
+        got.insert(got.end(), p, p + n);
+        return true;
+      });
       writer.join();
       ::close(fd);
       if (got == data) ++correct;
@@ -693,13 +686,10 @@ struct PushResult {
 PushResult Push(double rate, size_t buffer_bytes, double seconds) {
   std::atomic<uint64_t> delivered{0};
   TestServer sink([&](int fd) {
-    std::vector<char> buf(64 * 1024);
-    for (;;) {
-      const ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) break;
-      delivered += static_cast<uint64_t>(r);
-    }
+    ForEachChunk(fd, [&](const char*, size_t n) {
+      delivered += static_cast<uint64_t>(n);
+      return true;
+    });
   });
   LinkShaperOptions o = Link(sink.port(), rate);
   o.buffer_bytes = buffer_bytes;

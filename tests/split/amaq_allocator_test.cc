@@ -43,7 +43,7 @@ torch::Tensor WireRoundTrip(const torch::Tensor& x, const BitAllocator& alloc, q
   EXPECT_TRUE(e.ok()) << e.status().ToString();
   auto d = DecodeCut(dec, e->payload, x.size(0), x.size(1));
   EXPECT_TRUE(d.ok()) << d.status().ToString();
-  return *d;
+  return d->values;
 }
 
 double MeanOf(const std::vector<uint8_t>& bits, int begin, int end) {
@@ -52,37 +52,59 @@ double MeanOf(const std::vector<uint8_t>& bits, int begin, int end) {
   return s / (end - begin);
 }
 
-TEST(BitAllocator, ChannelsTheLossUsesKeepTheirBitsLongerThanNoiseChannels) {
-  // 16 channels of the same scale; the loss is a regression on channels 0..7 only, so channels
-  // 8..15 are noise to it.
+// The constructed case: 16 channels of the same scale; the loss is a regression on channels 0..7
+// only, so channels 8..15 are noise to it. Returns, per step, the mean bits of the signal channels
+// minus those of the noise channels, and the allocator's final mean.
+struct ConstructedRun {
+  std::vector<double> gap;
+  double final_mean = 0;
+};
+ConstructedRun RunConstructedCase(double importance_power) {
   torch::manual_seed(3);
   const int C = 16, rows = 256, signal = 8;
   const int64_t steps = 120;
   SplitConfig cfg;
   cfg.bits = 4;
   cfg.schedule_fraction = 0.5;
+  cfg.importance_power = importance_power;
   auto alloc = BitAllocator::Create(CutCodec::kAmaq, C, cfg, steps);
-  ASSERT_TRUE(alloc.ok()) << alloc.status().ToString();
+  EXPECT_TRUE(alloc.ok()) << alloc.status().ToString();
   const torch::Tensor w = torch::randn({signal, 4});
   quant::AmaqEncoder enc;
   quant::AmaqDecoder dec;
-  int steps_signal_ahead = 0;
+  ConstructedRun run;
   for (int64_t t = 0; t < steps; ++t) {
     const torch::Tensor x = torch::randn({rows, C});
     const torch::Tensor y = torch::matmul(x.slice(1, 0, signal), w);
     torch::Tensor xhat = WireRoundTrip(x, *alloc, enc, dec).set_requires_grad(true);
     const torch::Tensor loss = (torch::matmul(xhat.slice(1, 0, signal), w) - y).pow(2).sum(1).mean();
     loss.backward();
-    ASSERT_TRUE(alloc->Update(t, x, xhat.detach(), xhat.grad()).ok());
-    const auto& bits = alloc->bits();
-    const double s = MeanOf(bits, 0, signal), n = MeanOf(bits, signal, C);
-    EXPECT_GE(s, n) << "step " << t << ": signal channels lost bits faster than noise";
-    steps_signal_ahead += s > n;
+    EXPECT_TRUE(alloc->Update(t, x, xhat.detach(), xhat.grad()).ok());
+    run.gap.push_back(MeanOf(alloc->bits(), 0, signal) - MeanOf(alloc->bits(), signal, C));
   }
-  const auto& bits = alloc->bits();
-  EXPECT_GE(MeanOf(bits, 0, signal) - MeanOf(bits, signal, C), 1.0);
-  EXPECT_GT(steps_signal_ahead, steps / 2);
-  EXPECT_NEAR(alloc->stats().mean_bits, 4.0, 0.5);
+  run.final_mean = alloc->stats().mean_bits;
+  return run;
+}
+
+TEST(BitAllocator, ChannelsTheLossUsesKeepTheirBitsLongerThanNoiseChannels) {
+  const ConstructedRun run = RunConstructedCase(/*importance_power=*/0.5);
+  int steps_signal_ahead = 0;
+  for (size_t t = 0; t < run.gap.size(); ++t) {
+    EXPECT_GE(run.gap[t], 0.0) << "step " << t << ": signal channels lost bits faster than noise";
+    steps_signal_ahead += run.gap[t] > 0;
+  }
+  EXPECT_GE(run.gap.back(), 1.0);
+  EXPECT_GT(steps_signal_ahead, static_cast<int>(run.gap.size()) / 2);
+  EXPECT_NEAR(run.final_mean, 4.0, 0.5);
+}
+
+TEST(BitAllocator, ImportanceWeightingIsWhatSeparatesTheChannels) {
+  // Without the importance weights only the (small) task gradient tells the channels apart: the
+  // weighted penalty must open a clearly larger gap between signal and noise channels.
+  const ConstructedRun weighted = RunConstructedCase(0.5), plain = RunConstructedCase(0.0);
+  EXPECT_GE(weighted.gap.back(), plain.gap.back() + 1.0)
+      << "weighted gap " << weighted.gap.back() << " vs unweighted " << plain.gap.back();
+  EXPECT_NEAR(plain.final_mean, 4.0, 0.5);  // both still meet the budget
 }
 
 TEST(BitAllocator, MeanBitsFollowTheTargetSchedule) {
@@ -134,13 +156,15 @@ TEST(BitAllocator, BaselinesKeepTheirBitsAndRejectBadSettings) {
   cfg.bits = 4;
   auto amaq = BitAllocator::Create(CutCodec::kAmaq, 8, cfg, 10);
   ASSERT_TRUE(amaq.ok());
-  const auto before = amaq->State();
+  const auto before = amaq->continuous_bits();
+  const double lambda_before = amaq->stats().lambda;
   // Wrong shapes and non-finite gradients are refused and change nothing.
   EXPECT_FALSE(amaq->Update(0, x, x, torch::randn({4, 7})).ok());
   torch::Tensor nan_g = torch::randn({4, 8});
   nan_g[0][0] = std::nanf("");
   EXPECT_FALSE(amaq->Update(0, x, x, nan_g).ok());
-  EXPECT_EQ(amaq->State(), before);
+  EXPECT_EQ(amaq->continuous_bits(), before);
+  EXPECT_EQ(amaq->stats().lambda, lambda_before);
 }
 
 }  // namespace

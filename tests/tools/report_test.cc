@@ -261,6 +261,7 @@ TEST_F(ReportTest, SimulateSetsMeasuredBesideSimulatedUtilization) {
   const std::string md = ReadFile(options.out / "report.md");
   EXPECT_THAT(md, HasSubstr("## Measured vs simulated utilization"));
   EXPECT_THAT(md, HasSubstr("| slow | diloco | fp32 |"));
+  EXPECT_THAT(md, HasSubstr("| 100.0 ms (100.0..100.0) |"));  // the run's step_seconds, per worker
   const auto no_link = SimulateRun(result->runs[2]);
   EXPECT_FALSE(no_link.ok());
   EXPECT_THAT(no_link.status().message(), HasSubstr("no link"));
@@ -346,6 +347,9 @@ TEST_F(ReportTest, MalformedSummaryNamesTheField) {
       {"eval_curve", json::array({{{"step", 1}, {"eval_loss", "low"}}}), "\"eval_curve[0].eval_loss\""},
       {"link", {{"rate_mbit", "fast"}}, "\"link.rate_mbit\""},
       {"error_feedback", "no", "\"error_feedback\" must be true or false"},
+      {"worker_step_seconds", {0.1, "x"}, "\"worker_step_seconds[1]\" must be a number, got string"},
+      {"fragment_elements", {10, -1}, "\"fragment_elements[1]\" must be an element count, got number -1"},
+      {"fragment_elements", {10, "x"}, "\"fragment_elements[1]\" must be a number"},
   };
   for (const Case& c : cases) {
     json summary = Summary("streaming", "s", {1, 2}, kNoLink);

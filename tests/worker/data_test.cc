@@ -564,20 +564,24 @@ TEST(WorkerDataTest, SpamAssassinNeedsAByteLevelGpt) {
   ASSERT_NE(d, nullptr);
   ModelConfig m;
   m.context = 12;
-  EXPECT_TRUE(CheckModelFitsData(m, c, *d).ok());
+  EXPECT_TRUE(CheckModelFitsData(m, c, *d, TrainingPath::kSplit).ok());
+  // launch/worker cannot train it (the GPT's loss wants [B, T] targets): refused up front, with the way.
+  Status engine = CheckModelFitsData(m, c, *d);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_NE(engine.message().find("split-client"), std::string::npos) << engine.message();
   m.vocab = 128;
-  Status s = CheckModelFitsData(m, c, *d);
+  Status s = CheckModelFitsData(m, c, *d, TrainingPath::kSplit);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("vocab >= 256"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("classification head"), std::string::npos) << s.message();
   m.vocab = 256;
   m.context = 8;
-  s = CheckModelFitsData(m, c, *d);
+  s = CheckModelFitsData(m, c, *d, TrainingPath::kSplit);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("context"), std::string::npos) << s.message();
   m.kind = "mlp";
   m.context = 12;
-  EXPECT_FALSE(CheckModelFitsData(m, c, *d).ok());
+  EXPECT_FALSE(CheckModelFitsData(m, c, *d, TrainingPath::kSplit).ok());
 }
 
 }  // namespace
