@@ -1,10 +1,13 @@
 // `lowband bench ...`: the benchmarks (measurements, never pass/fail tests).
+#include <algorithm>
 #include <memory>
 
 #include <fmt/format.h>
 
 #include "tools/bench_quant.h"
+#include "tools/bench_site.h"
 #include "tools/command.h"
+#include "tools/config.h"
 
 namespace lowband::tools {
 
@@ -34,6 +37,35 @@ void RegisterBench(CLI::App& app) {
     } else {
       fmt::print("{}", QuantBenchTable(result));
     }
+  });
+
+  auto site = std::make_shared<SiteBenchOptions>();
+  auto* s = bench->add_subcommand(
+      "site",
+      "Step time of a site of R ranks (c10d Gloo all-reduce every step) against one rank and against the "
+      "all-reduce alone, in one run, per model width");
+  auto flags = AddConfigFlags(s);
+  s->add_flag("--json", *json, "Print JSON instead of a table");
+  s->add_option("--timed-steps", site->steps, "Timed steps per measurement")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  s->add_option("--warmup", site->warmup, "Untimed steps first")->capture_default_str();
+  s->add_option("--rounds", site->rounds, "Rounds of the measurements (medians are reported)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
+  s->add_option("--widths", site->widths, "GPT widths to sweep (default: the config's model.d_model)")
+      ->delimiter(',');
+  s->callback([site, flags, json] {
+#if defined(LOWBAND_HAVE_ENGINE)
+    auto config = ResolveConfig(*flags);
+    if (!config.ok()) throw CommandError(config.status().message(), 2);
+    site->progress = !*json;
+    site->ranks = std::max(2, config->site.ranks);  // --ranks R; a site has at least 2
+    const auto result = RunSiteBench(*config, *site);
+    fmt::print("{}", *json ? result.dump(2) + "\n" : SiteBenchTable(result));
+#else
+    throw CommandError("this build has no LibTorch or no gRPC: run deploy/install-deps.sh and rebuild");
+#endif
   });
 }
 

@@ -92,6 +92,9 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   InstallStopHandlers();
   comm::MetricsLog log;
   if (!f.out.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(f.out + "/metrics", ec);
+    if (ec) throw CommandError(fmt::format("coordinator: cannot create {}/metrics: {}", f.out, ec.message()));
     auto l = comm::MetricsLog::Open(f.out + "/metrics/coordinator.jsonl");
     Check(l.status());
     log = std::move(*l);
@@ -153,6 +156,8 @@ struct WorkerFlags {
   std::string name;
   int worker_id = 0;
   int workers = 1;
+  int rank = 0;
+  std::string site_store;
   int64_t checkpoint_every = 0;
   bool resume = false;
 };
@@ -171,7 +176,12 @@ void RunWorkerCommand(const RunConfig& c, const WorkerFlags& f) {
   e.inner = c.inner;
   e.worker_index = f.worker_id;
   e.num_workers = f.workers;
-  e.evaluate = f.worker_id == 0;
+  e.rank = f.rank;
+  e.ranks = c.site.ranks;
+  e.site_store = f.site_store;
+  e.site_check_every = c.site.check_every;
+  e.collective_timeout = std::chrono::milliseconds(static_cast<int64_t>(c.site.timeout_s * 1000));
+  e.evaluate = f.worker_id == 0 && f.rank == 0;
   e.coordinator = f.coordinator;
   e.run_id = c.run.id;
   e.token = c.run.token;
@@ -185,13 +195,28 @@ void RunWorkerCommand(const RunConfig& c, const WorkerFlags& f) {
   e.resume = f.resume;
   if (!f.out.empty()) {
     std::filesystem::create_directories(f.out + "/metrics");
-    e.metrics_path = fmt::format("{}/metrics/worker-{}.jsonl", f.out, f.worker_id);
-    e.result_path = fmt::format("{}/metrics/worker-{}-result.json", f.out, f.worker_id);
+    // A site's leader (rank 0) writes the worker's files; its other ranks their own beside them.
+    const std::string id = f.rank == 0 ? fmt::format("worker-{}", f.worker_id)
+                                       : fmt::format("worker-{}-rank-{}", f.worker_id, f.rank);
+    e.metrics_path = fmt::format("{}/metrics/{}.jsonl", f.out, id);
+    e.result_path = fmt::format("{}/metrics/{}-result.json", f.out, id);
     e.checkpoint_dir = fmt::format("{}/checkpoints/worker-{}", f.out, f.worker_id);
+    if (c.site.ranks > 1) e.checkpoint_dir += fmt::format("/rank-{}", f.rank);
   }
   if (c.algo == "ddp" && f.ddp_store.empty())
     throw CommandError("algo ddp needs --ddp-store HOST:PORT (rank 0 listens there)", 2);
   if (c.algo != "ddp" && f.coordinator.empty()) throw CommandError("--coordinator HOST:PORT is required", 2);
+  if (f.rank < 0 || f.rank >= c.site.ranks) {
+    throw CommandError(
+        fmt::format("--rank {} is outside 0..{} (--ranks {})", f.rank, c.site.ranks - 1, c.site.ranks), 2);
+  }
+  if (c.site.ranks > 1 && f.site_store.empty()) {
+    throw CommandError(
+        "a site of --ranks > 1 needs --site-store HOST:PORT (a c10d TCPStore that rank 0 hosts; every rank "
+        "of "
+        "the site passes the same address)",
+        2);
+  }
   if (f.worker_id < 0 || f.worker_id >= f.workers) {
     throw CommandError(
         fmt::format("--worker-id {} is outside 0..{} (--workers {})", f.worker_id, f.workers - 1, f.workers),
@@ -238,6 +263,14 @@ void RegisterTraining(CLI::App& app) {
     cmd->add_option("--workers", f->workers, "Number of workers (data shards / ddp world size)")
         ->capture_default_str();
     cmd->add_option("--name", f->name, "Name shown by the coordinator");
+    cmd->add_option("--rank", f->rank,
+                    "This process's rank in its site (a worker of --ranks R processes; rank 0 talks to the "
+                    "coordinator)")
+        ->envname("LOWBAND_RANK")
+        ->capture_default_str();
+    cmd->add_option("--site-store", f->site_store,
+                    "c10d TCPStore host:port of this worker's site, hosted by its rank 0 (--ranks > 1)")
+        ->envname("LOWBAND_SITE_STORE");
     cmd->add_option("--out", f->out, "Run directory (metrics/, checkpoints/)");
     cmd->add_option("--checkpoint-every", f->checkpoint_every,
                     "Save a worker checkpoint every N steps (and at the end)");

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <charconv>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -90,7 +91,8 @@ const std::vector<Binding>& Bindings() {
       LB_FIELD("threads", threads, "LibTorch intra-op threads per worker", {"--threads"}),
       LB_FIELD("run.name", run.name, "run name"),
       LB_FIELD("run.id", run.id, "run id checked by the coordinator", {"--run-id"}),
-      LB_FIELD("run.token", run.token, "shared secret checked on every call (never logged)", {"--token"}),
+      LB_FIELD("run.token", run.token,
+               "shared secret checked on every call (never logged; or env LOWBAND_TOKEN)", {"--token"}),
       LB_FIELD("model.kind", model.kind, "gpt | mlp | cnn", {"--model"}),
       LB_FIELD("model.vocab", model.vocab, "GPT vocabulary"),
       LB_FIELD("model.d_model", model.d_model, "GPT width", {"--d-model"}),
@@ -138,6 +140,11 @@ const std::vector<Binding>& Bindings() {
                "contributions that close a round at its deadline (all live members close it at once)"),
       LB_FIELD("coordinator.round_timeout_s", coordinator.round_timeout_s, "round deadline in seconds"),
       LB_FIELD("coordinator.heartbeat_timeout_s", coordinator.heartbeat_timeout_s, "member liveness timeout"),
+      LB_FIELD("site.ranks", site.ranks, "ranks (processes) per worker, all-reducing gradients every step",
+               {"--ranks-per-worker", "--ranks"}),
+      LB_FIELD("site.check_every", site.check_every,
+               "compare the ranks' parameters every N steps (0: at the end)", {"--site-check-every"}),
+      LB_FIELD("site.timeout_s", site.timeout_s, "timeout of every intra-site / ddp collective, seconds"),
       LB_FIELD("split.base", split.base, "base model: checkpoint directory or .safetensors", {"--base"}),
       LB_FIELD("split.cut", split.cut, "blocks on the client (the cut is after block cut-1)", {"--cut"}),
       LB_FIELD("split.task", split.task, "classify | lm", {"--task"}),
@@ -288,6 +295,14 @@ Status Finalize(RunConfig* c) {
   if (c->eval_every <= 0 || c->log_every <= 0)
     return InvalidArgument("eval_every and log_every must be positive");
   if (c->inner.total_steps <= 0) c->inner.total_steps = c->steps;
+  if (c->site.ranks < 1) return InvalidArgument("site.ranks: must be at least 1");
+  if (c->site.ranks > 1 && c->algo == "ddp") {
+    return InvalidArgument(
+        "site.ranks: algo ddp is already data-parallel over all its workers; run --workers M x R instead of "
+        "sites of R ranks (sites are for streaming and diloco)");
+  }
+  if (c->site.check_every < 0) return InvalidArgument("site.check_every: must be >= 0");
+  if (!(c->site.timeout_s > 0)) return InvalidArgument("site.timeout_s: must be positive");
   // Short runs (tests, smoke runs) keep a warmup of a tenth of the run rather than failing.
   if (c->inner.warmup_steps >= c->inner.total_steps) c->inner.warmup_steps = c->inner.total_steps / 10;
   if (c->algo != "ddp") {
@@ -378,6 +393,9 @@ StatusOr<RunConfig> ResolveConfig(const ConfigFlags& flags) {
     if (eq == std::string::npos) return InvalidArgument("--set expects key=value, got '" + s + "'");
     LOWBAND_RETURN_IF_ERROR(SetField(&c, s.substr(0, eq), s.substr(eq + 1)).WithContext("--set"));
   }
+  // The token may come from the environment instead, where other users' `ps` cannot see it.
+  if (const char* token = std::getenv("LOWBAND_TOKEN"); c.run.token.empty() && token != nullptr)
+    c.run.token = token;
   LOWBAND_RETURN_IF_ERROR(Finalize(&c));
   return c;
 }

@@ -75,6 +75,16 @@ struct CoordinatorSection {
   double heartbeat_timeout_s = 60;
 };
 
+// A worker that is a site: several ranks training one replica data-parallel (worker/engine.h).
+struct SiteSection {
+  // Processes (ranks) per worker; rank 0 alone talks to the coordinator (streaming, diloco).
+  int ranks = 1;
+  // Compare every rank's parameters and global copy every N steps (0: only at the start and end).
+  int64_t check_every = 0;
+  // Timeout of every intra-site (and ddp) collective and of the rendezvous, in seconds.
+  double timeout_s = 300;
+};
+
 struct RunConfig {
   // "ddp" (fp32 gradient all-reduce every step via c10d Gloo), "diloco" (P=1, tau=0, alpha=0) or
   // "streaming" (Streaming DiLoCo).
@@ -95,6 +105,7 @@ struct RunConfig {
   DilocoConfig diloco;
   CodecConfig codec;
   CoordinatorSection coordinator;
+  SiteSection site;
   // Split learning (`lowband split-server` / `split-client`).
   split::SplitConfig split;
 

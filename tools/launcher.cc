@@ -1,10 +1,8 @@
 #include "tools/launcher.h"
 
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +25,7 @@
 
 #include "comm/metrics.h"
 #include "sim/units.h"
+#include "tools/command.h"
 
 extern char** environ;
 
@@ -79,22 +78,6 @@ std::string Tail(const std::string& path, size_t lines) {
   std::string out;
   for (auto& l : last) out += "    " + l + "\n";
   return out;
-}
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  if (fd >= 0) ::close(fd);
-  return port;
 }
 
 // Follows one JSONL file: remembers the offset, parses complete new lines.
@@ -196,11 +179,14 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
   s["alpha"] = config.diloco.alpha;
   s["error_feedback"] = config.codec.error_feedback;
   s["model"] = config.model.kind;
+  s["ranks_per_worker"] = config.site.ranks;
   s["link"] = nullptr;
   uint64_t tokens = 0, up = 0, down = 0, boot = 0;
   double compute = 0, stall = 0, util = 0;
   nlohmann::json per_worker = nlohmann::json::array(), crcs = nlohmann::json::array();
   nlohmann::json worker_steps = nlohmann::json::array();
+  bool site_identical = true;
+  uint64_t site_bytes = 0;
   for (int i = 0; i < workers; ++i) {
     LOWBAND_ASSIGN_OR_RETURN(nlohmann::json r,
                              ReadJson(fmt::format("{}/metrics/worker-{}-result.json", run_dir, i)));
@@ -216,6 +202,18 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
     worker_steps.push_back(worker_steps_done > 0 ? r.value("compute_seconds", 0.0) / worker_steps_done : 0.0);
     util += r.value("compute_utilization", 0.0);
     if (r.contains("global_crc")) crcs.push_back(r["global_crc"]);
+    // A site's other ranks: the same parameters and global copy as its leader, and their traffic.
+    for (int rank = 1; rank < config.site.ranks; ++rank) {
+      LOWBAND_ASSIGN_OR_RETURN(
+          const nlohmann::json rr,
+          ReadJson(fmt::format("{}/metrics/worker-{}-rank-{}-result.json", run_dir, i, rank)));
+      site_identical = site_identical &&
+                       rr.value("params_crc", nlohmann::json()) == r.value("params_crc", nlohmann::json()) &&
+                       rr.value("global_crc", nlohmann::json()) == r.value("global_crc", nlohmann::json());
+      site_bytes +=
+          rr.value("site_allreduce_bytes", uint64_t{0}) + rr.value("site_broadcast_bytes", uint64_t{0});
+    }
+    site_bytes += r.value("site_allreduce_bytes", uint64_t{0}) + r.value("site_broadcast_bytes", uint64_t{0});
     if (i == 0) {
       s["eval_curve"] = r.value("eval_curve", nlohmann::json::array());
       s["final_eval_loss"] = r.value("final_eval_loss", nlohmann::json(nullptr));
@@ -227,6 +225,13 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
     }
   }
   s["tokens"] = tokens;
+  if (config.site.ranks > 1) {
+    // Every rank of every site ended with its leader's parameters and global copy (CRC32C).
+    s["site_state_identical"] = site_identical;
+    // Intra-site traffic (all-reduce, ring accounting, and broadcasts), all ranks of all sites: it
+    // stays on each site's fast fabric and is not part of bytes_up/bytes_down.
+    s["site_bytes"] = site_bytes;
+  }
   s["bytes_up"] = up;
   s["bytes_down"] = down;
   s["bytes_per_worker"] = per_worker;
@@ -278,6 +283,11 @@ std::string SummaryTable(const nlohmann::json& s) {
   out += fmt::format("  {:<26} {:.1f} s (compute {:.1f} s, stall {:.1f} s per worker)\n", "wall time",
                      num("wall_seconds"), num("compute_seconds"), num("stall_seconds"));
   out += fmt::format("  {:<26} {:.1f} %\n", "compute utilization", 100 * num("compute_utilization"));
+  if (s.value("ranks_per_worker", 1) > 1) {
+    out += fmt::format("  {:<26} {} ranks each, {} intra-site; ranks identical: {}\n", "sites",
+                       s.value("ranks_per_worker", 1), comm::HumanBytes(num("site_bytes")),
+                       s.value("site_state_identical", false) ? "yes" : "NO");
+  }
   if (s.contains("global_state_identical")) {
     out += fmt::format("  {:<26} {}\n", "global copies identical",
                        s["global_state_identical"].get<bool>() ? "yes (CRC32C of every fragment)" : "NO");
@@ -490,7 +500,7 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   std::vector<std::string> endpoints(o.workers);
   if (ddp) {
     const std::string store =
-        lab ? fmt::format("{}:29500", NetnsWorkerIp(0)) : fmt::format("127.0.0.1:{}", FreePort());
+        lab ? fmt::format("{}:29500", NetnsWorkerIp(0)) : fmt::format("127.0.0.1:{}", FreeLoopbackPort());
     std::fill(endpoints.begin(), endpoints.end(), store);
   } else {
     const std::string host = lab ? NetnsCoordinatorIp() : "127.0.0.1";
@@ -542,26 +552,37 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
                    o.link_latency.empty() ? "0" : o.link_latency, endpoints[0]);
     }
   }
+  const int ranks = config.site.ranks;
   for (int i = 0; i < o.workers; ++i) {
-    std::vector<std::string> args{"worker", "--worker-id", std::to_string(i), "--checkpoint-every",
-                                  std::to_string(o.checkpoint_every)};
-    if (o.resume) args.push_back("--resume");
-    args.insert(args.end(), common.begin(), common.end());
-    args.insert(args.end(), {ddp ? "--ddp-store" : "--coordinator", endpoints[i]});
-    auto c = Spawn(fmt::format("worker {}", i), o.self, args, fmt::format("{}/logs/worker-{}.log", o.out, i),
-                   worker_ns(i));
-    if (!c.ok()) return fail(c.status());
-    worker_children.push_back(children.size());
-    children.push_back(*c);
-    if (o.cpu_per_worker > 0) {
-      auto cap = CpuCap::Create(fmt::format("lowband-{}-w{}", ::getpid(), i), o.cpu_per_worker);
-      Status added = cap.ok() ? (*cap)->Add(c->pid) : cap.status();
-      if (!added.ok()) return fail(added);
-      caps.push_back(std::move(*cap));
+    // A site's ranks meet at a TCPStore that its rank 0 hosts (on the worker's own host in the lab).
+    const std::string site_store =
+        lab ? fmt::format("{}:29600", NetnsWorkerIp(i)) : fmt::format("127.0.0.1:{}", FreeLoopbackPort());
+    for (int rank = 0; rank < ranks; ++rank) {
+      std::vector<std::string> args{"worker", "--worker-id", std::to_string(i), "--checkpoint-every",
+                                    std::to_string(o.checkpoint_every)};
+      if (o.resume) args.push_back("--resume");
+      args.insert(args.end(), common.begin(), common.end());
+      args.insert(args.end(), {ddp ? "--ddp-store" : "--coordinator", endpoints[i]});
+      if (ranks > 1) args.insert(args.end(), {"--rank", std::to_string(rank), "--site-store", site_store});
+      const std::string id =
+          rank == 0 ? fmt::format("worker-{}", i) : fmt::format("worker-{}-rank-{}", i, rank);
+      auto c = Spawn(rank == 0 ? fmt::format("worker {}", i) : fmt::format("worker {} rank {}", i, rank),
+                     o.self, args, fmt::format("{}/logs/{}.log", o.out, id), worker_ns(i));
+      if (!c.ok()) return fail(c.status());
+      worker_children.push_back(children.size());
+      children.push_back(*c);
+      if (o.cpu_per_worker > 0) {
+        // The cap is the worker's (the site's): its ranks share it.
+        auto cap =
+            CpuCap::Create(fmt::format("lowband-{}-w{}-r{}", ::getpid(), i, rank), o.cpu_per_worker / ranks);
+        Status added = cap.ok() ? (*cap)->Add(c->pid) : cap.status();
+        if (!added.ok()) return fail(added);
+        caps.push_back(std::move(*cap));
+      }
     }
   }
-  spdlog::info("{} {} workers started; logs in {}/logs, metrics in {}/metrics", o.workers, config.algo, o.out,
-               o.out);
+  spdlog::info("{} {} workers started{}; logs in {}/logs, metrics in {}/metrics", o.workers, config.algo,
+               ranks > 1 ? fmt::format(" ({} ranks each)", ranks) : "", o.out, o.out);
 
   std::vector<JsonlFollower> followers;
   for (int i = 0; i < o.workers; ++i)

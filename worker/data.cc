@@ -169,10 +169,10 @@ class TokenDataset final : public Dataset {
   Batch NextTrainBatch() override {
     const int64_t T = config_.seq_len;
     const auto positions = static_cast<uint64_t>(static_cast<int64_t>(train_.size()) - T);  // valid starts
-    std::vector<int64_t> starts(static_cast<size_t>(config_.batch_size));
-    for (int64_t i = 0; i < config_.batch_size; ++i) {
-      const uint64_t k = static_cast<uint64_t>(drawn_) * static_cast<uint64_t>(config_.batch_size) +
-                         static_cast<uint64_t>(i);
+    std::vector<int64_t> starts(static_cast<size_t>(train_batch_size_));
+    for (int64_t i = 0; i < train_batch_size_; ++i) {
+      const uint64_t k =
+          static_cast<uint64_t>(drawn_) * static_cast<uint64_t>(train_batch_size_) + static_cast<uint64_t>(i);
       starts[static_cast<size_t>(i)] = static_cast<int64_t>(Draw(key_, k) % positions);
     }
     ++drawn_;
@@ -375,7 +375,7 @@ class FashionMnistDataset final : public Dataset {
   }
 
   Batch NextTrainBatch() override {
-    return MakeImageBatch(train_, order_.Indices(drawn_++, config_.batch_size));
+    return MakeImageBatch(train_, order_.Indices(drawn_++, train_batch_size_));
   }
 
   int64_t TrainSize() const override { return static_cast<int64_t>(train_.labels.size()); }
@@ -505,7 +505,7 @@ class TextClassificationDataset final : public Dataset {
   }
 
   Batch NextTrainBatch() override {
-    return MakeTextBatch(train_, order_.Indices(drawn_++, config_.batch_size), config_.seq_len);
+    return MakeTextBatch(train_, order_.Indices(drawn_++, train_batch_size_), config_.seq_len);
   }
 
   int64_t TrainSize() const override { return static_cast<int64_t>(train_.labels.size()); }
@@ -524,6 +524,12 @@ Status Dataset::SeekTrain(int64_t batches_drawn) {
   if (batches_drawn < 0)
     return InvalidArgument("SeekTrain: batch index must be >= 0, got " + std::to_string(batches_drawn));
   drawn_ = batches_drawn;
+  return Status::Ok();
+}
+
+Status Dataset::SetTrainBatchSize(int64_t n) {
+  if (n < 1) return InvalidArgument("training batch size must be >= 1, got " + std::to_string(n));
+  train_batch_size_ = n;
   return Status::Ok();
 }
 
@@ -575,9 +581,11 @@ StatusOr<IdxHeader> ReadIdxHeader(const std::string& path, int expected_rank) {
   return h;
 }
 
-StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DataConfig& config, int shard, int num_shards,
-                                               uint64_t seed) {
-  LOWBAND_RETURN_IF_ERROR(ValidateDataConfig(config, shard, num_shards));
+namespace {
+
+// OpenDataset after validation: the dataset of config.dataset.
+StatusOr<std::unique_ptr<Dataset>> OpenValidated(const DataConfig& config, int shard, int num_shards,
+                                                 uint64_t seed) {
   return GuardTorch("OpenDataset", [&]() -> StatusOr<std::unique_ptr<Dataset>> {
     const std::string& name = config.dataset;
     if (name == "brown") {
@@ -600,6 +608,16 @@ StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DataConfig& config, int sha
                            "; expected \"brown\", \"text:PATH\", \"tokens:PATH\", \"fashion-mnist\" or "
                            "\"spam-assassin\"");
   });
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DataConfig& config, int shard, int num_shards,
+                                               uint64_t seed) {
+  LOWBAND_RETURN_IF_ERROR(ValidateDataConfig(config, shard, num_shards));
+  auto opened = OpenValidated(config, shard, num_shards, seed);
+  if (opened.ok()) LOWBAND_RETURN_IF_ERROR((*opened)->SetTrainBatchSize(config.batch_size));
+  return opened;
 }
 
 Status CheckModelFitsData(const ModelConfig& model, const DataConfig& data_config, const Dataset& data,

@@ -72,6 +72,11 @@ class Dataset {
   // Positions the training stream so that the next batch is batch number `batches_drawn`, exactly as
   // if that many batches had been drawn since opening.
   [[nodiscard]] Status SeekTrain(int64_t batches_drawn);
+  // Examples (windows, images, e-mails) per training batch: data.batch_size unless changed. A site of R
+  // ranks draws R x batch_size and each rank trains on its slice (engine.h); evaluation batches keep
+  // batch_size. Call before drawing: the stream is a function of the batch size.
+  int64_t TrainBatchSize() const { return train_batch_size_; }
+  [[nodiscard]] Status SetTrainBatchSize(int64_t n);
 
  protected:
   Dataset(TaskKind task, int64_t num_classes, std::vector<Batch> eval, int64_t shard_begin,
@@ -84,6 +89,8 @@ class Dataset {
 
   // The position NextTrainBatch draws from; it advances it by one per batch.
   int64_t drawn_ = 0;
+  // Set by OpenDataset (data.batch_size) or SetTrainBatchSize.
+  int64_t train_batch_size_ = 1;
 
  private:
   TaskKind task_;

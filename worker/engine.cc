@@ -18,8 +18,8 @@
 #include "comm/outer_update.h"
 #include "comm/schedule.h"
 #include "worker/checkpoint.h"
+#include "worker/collectives.h"
 #include "worker/data.h"
-#include "worker/ddp.h"
 #include "worker/exchange.h"
 #include "worker/inner_optimizer.h"
 #include "worker/model.h"
@@ -57,6 +57,9 @@ class Trainer {
     LOWBAND_ASSIGN_OR_RETURN(model_, MakeModel(o_.model, o_.seed));
     LOWBAND_ASSIGN_OR_RETURN(data_, OpenDataset(o_.data, o_.worker_index, o_.num_workers, o_.seed));
     LOWBAND_RETURN_IF_ERROR(CheckModelFitsData(o_.model, o_.data, *data_));
+    // A site's ranks draw the site's batch and each trains on its slice (engine.h).
+    if (o_.ranks > 1)
+      LOWBAND_RETURN_IF_ERROR(data_->SetTrainBatchSize(int64_t{o_.data.batch_size} * o_.ranks));
     LOWBAND_ASSIGN_OR_RETURN(optimizer_, InnerOptimizer::Create(*model_, o_.inner));
     LOWBAND_ASSIGN_OR_RETURN(metrics_, MetricsLog::Open(o_.metrics_path));
     spdlog::info("worker {}/{}: {} model, {} parameters; shard of {} {}", o_.worker_index, o_.num_workers,
@@ -65,18 +68,42 @@ class Trainer {
     return Status::Ok();
   }
 
-  // One inner step; returns the loss.
-  StatusOr<float> InnerStep() {
-    const Batch batch = data_->NextTrainBatch();
+  // The next training batch: this rank's slice of the site's batch when the worker is a site.
+  Batch NextBatch() {
+    Batch b = data_->NextTrainBatch();
+    if (o_.ranks <= 1) return b;
+    const int64_t n = o_.data.batch_size, first = int64_t{o_.rank} * n;
+    auto slice = [&](const torch::Tensor& t) { return t.defined() ? t.narrow(0, first, n).contiguous() : t; };
+    return Batch{slice(b.inputs), slice(b.targets), slice(b.lengths)};
+  }
+
+  // One inner step; returns the loss. With a group, the gradients are all-reduced (their mean over
+  // the group's ranks) between the backward pass and the optimizer step; the time that takes is
+  // added to *comm_seconds.
+  StatusOr<float> InnerStep(DataParallelGroup* group = nullptr, double* comm_seconds = nullptr) {
+    const Batch batch = NextBatch();
     const auto t0 = RunClock::Clock::now();
-    LOWBAND_ASSIGN_OR_RETURN(const float loss, optimizer_->Step(*model_, batch));
-    compute_s_ += RunClock::Since(t0);
+    float loss = 0;
+    if (group == nullptr) {
+      LOWBAND_ASSIGN_OR_RETURN(loss, optimizer_->Step(*model_, batch));
+      compute_s_ += RunClock::Since(t0);
+    } else {
+      LOWBAND_ASSIGN_OR_RETURN(loss, optimizer_->ForwardBackward(*model_, batch));
+      compute_s_ += RunClock::Since(t0);
+      const auto t1 = RunClock::Clock::now();
+      LOWBAND_RETURN_IF_ERROR(group->AllReduceMean(*model_));
+      *comm_seconds += RunClock::Since(t1);
+      const auto t2 = RunClock::Clock::now();
+      LOWBAND_RETURN_IF_ERROR(optimizer_->ApplyStep());
+      compute_s_ += RunClock::Since(t2);
+    }
     Account(batch, loss);
     return loss;
   }
 
+  // Counts the site's tokens: every rank trained on its own slice of the site's batch.
   void Account(const Batch& batch, float loss) {
-    tokens_ += model_->TokensPerBatch(batch);
+    tokens_ += model_->TokensPerBatch(batch) * o_.ranks;
     loss_sum_ += loss;
     ++loss_n_;
     last_loss_ = loss;
@@ -246,22 +273,34 @@ class StreamingWorker {
 
   Status Run() {
     LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
+    if (o_.ranks > 1) {
+      LOWBAND_ASSIGN_OR_RETURN(
+          site_, DataParallelGroup::Create({o_.site_store, o_.rank, o_.ranks, o_.collective_timeout,
+                                            fmt::format("site {}", o_.worker_index), o_.start_timeout}));
+    }
     int64_t start = 0;
     if (o_.resume) {
       LOWBAND_ASSIGN_OR_RETURN(start, Resume());
     }
-    LOWBAND_RETURN_IF_ERROR(Join());
-    LOWBAND_RETURN_IF_ERROR(WaitForPeers());
-    exchanger_ = std::make_unique<FragmentExchanger>(client_.get(), o_.update_timeout);
-    heartbeat_ = std::make_unique<Heartbeat>(client_.get(), reply_.heartbeat_interval);
+    LOWBAND_ASSIGN_OR_RETURN(signature_, SignatureOf(*trainer_.model_));
+    if (leader()) {
+      LOWBAND_RETURN_IF_ERROR(Join());
+      LOWBAND_RETURN_IF_ERROR(WaitForPeers());
+    }
+    if (site_) LOWBAND_RETURN_IF_ERROR(ShareSiteState(start));
+    if (leader()) {
+      exchanger_ = std::make_unique<FragmentExchanger>(client_.get(), o_.update_timeout);
+      heartbeat_ = std::make_unique<Heartbeat>(client_.get(), reply_.heartbeat_interval);
+    }
     trainer_.BeginTraining();
     if (start == 0 && trainer_.EvalDue(0)) LOWBAND_RETURN_IF_ERROR(Evaluate(0));
 
     int64_t t = start;
     while (t < o_.steps) {
       ++t;
-      LOWBAND_ASSIGN_OR_RETURN(const float loss, trainer_.InnerStep());
-      heartbeat_->Update(static_cast<uint64_t>(t), loss, static_cast<uint64_t>(trainer_.tokens_));
+      LOWBAND_ASSIGN_OR_RETURN(const float loss, trainer_.InnerStep(site_.get(), &site_comm_s_));
+      if (heartbeat_)
+        heartbeat_->Update(static_cast<uint64_t>(t), loss, static_cast<uint64_t>(trainer_.tokens_));
       LOWBAND_RETURN_IF_ERROR(ApplyDue(t, /*final=*/false));
       LOWBAND_RETURN_IF_ERROR(SendDue(t));
       if (schedule_->overlap() == 0) LOWBAND_RETURN_IF_ERROR(ApplyDue(t, false));
@@ -270,24 +309,130 @@ class StreamingWorker {
       if (o_.checkpoint_every > 0 && t % o_.checkpoint_every == 0 && t != o_.steps) {
         LOWBAND_RETURN_IF_ERROR(Checkpoint(t));
       }
-      if (heartbeat_->shutdown_requested()) break;
+      if (site_ && o_.site_check_every > 0 && t % o_.site_check_every == 0) {
+        LOWBAND_RETURN_IF_ERROR(CheckSite(t));
+      }
+      LOWBAND_ASSIGN_OR_RETURN(const bool stop, StopRequested());
+      if (stop) break;
     }
     // Every round sent is applied before the end, so all copies of g end identical.
     LOWBAND_RETURN_IF_ERROR(ApplyDue(t, /*final=*/true));
+    if (site_) LOWBAND_RETURN_IF_ERROR(CheckSite(t));
     if (t % o_.log_every != 0) trainer_.LogStep(t, BytesUp(), BytesDown());
     if (o_.evaluate) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
     if (!o_.checkpoint_dir.empty()) LOWBAND_RETURN_IF_ERROR(Checkpoint(t));
     heartbeat_.reset();
     exchanger_.reset();
-    if (Status s = client_->Leave("finished"); !s.ok()) spdlog::warn("leave: {}", s.ToString());
+    if (client_) {
+      if (Status s = client_->Leave("finished"); !s.ok()) spdlog::warn("leave: {}", s.ToString());
+    }
     return WriteResult(t);
   }
 
  private:
+  // The rank that talks to the coordinator: the only rank of a plain worker, rank 0 of a site.
+  bool leader() const { return o_.rank == 0; }
+
+  // Whether the coordinator asked this worker to stop; a site's leader tells its other ranks, so
+  // that they all stop after the same step.
+  StatusOr<bool> StopRequested() {
+    bool stop = heartbeat_ && heartbeat_->shutdown_requested();
+    if (!site_) return stop;
+    std::vector<uint8_t> flag{static_cast<uint8_t>(stop ? 1 : 0)};
+    LOWBAND_RETURN_IF_ERROR(site_->Broadcast(&flag));
+    return !flag.empty() && flag[0] != 0;
+  }
+
+  // The site's leader has joined (and holds the global state); it gives the other ranks the run's
+  // settings, the fragment layout, the open rounds, the global copy g and its parameters.
+  Status ShareSiteState(int64_t start) {
+    std::vector<uint8_t> msg;
+    if (leader()) {
+      const nlohmann::json j = {{"worker_id", reply_.worker_id},
+                                {"H", reply_.inner_steps},
+                                {"P", reply_.num_fragments},
+                                {"tau", reply_.overlap_steps},
+                                {"alpha", reply_.mixing_alpha},
+                                {"codec", quant::FormatName(reply_.upload_codec.format)},
+                                {"fragment_tensors", reply_.fragment_tensors},
+                                {"next_round", next_round_},
+                                {"start", start}};
+      const std::string text = j.dump();
+      msg.assign(text.begin(), text.end());
+    }
+    LOWBAND_RETURN_IF_ERROR(site_->Broadcast(&msg));
+    if (!leader()) {
+      const auto j = nlohmann::json::parse(msg.begin(), msg.end(), nullptr, false);
+      if (j.is_discarded() || !j.is_object()) return DataLoss("the site leader's run settings are not JSON");
+      try {
+        reply_.worker_id = j.at("worker_id").get<uint64_t>();
+        reply_.inner_steps = j.at("H").get<uint64_t>();
+        reply_.num_fragments = j.at("P").get<uint32_t>();
+        reply_.overlap_steps = j.at("tau").get<uint64_t>();
+        reply_.mixing_alpha = j.at("alpha").get<float>();
+        codec_name_ = j.at("codec").get<std::string>();
+        reply_.fragment_tensors = j.at("fragment_tensors").get<std::vector<std::vector<uint32_t>>>();
+        next_round_ = j.at("next_round").get<std::vector<uint64_t>>();
+        if (const int64_t leader_start = j.at("start").get<int64_t>(); leader_start != start) {
+          return FailedPrecondition(
+              fmt::format("rank {} of site {} resumed at step {} but the site's leader at step {}: resume "
+                          "every rank of a "
+                          "site from checkpoints of the same step",
+                          o_.rank, o_.worker_index, start, leader_start));
+        }
+      } catch (const std::exception& e) {
+        return DataLoss(std::string("the site leader's run settings are incomplete: ") + e.what());
+      }
+      LOWBAND_ASSIGN_OR_RETURN(
+          schedule_,
+          comm::FragmentSchedule::Create(reply_.inner_steps, reply_.num_fragments, reply_.overlap_steps));
+      LOWBAND_ASSIGN_OR_RETURN(layout_,
+                               comm::FragmentLayout::FromAssignment(signature_, reply_.fragment_tensors));
+      pending_.assign(layout_->num_fragments(), Pending{});
+      g_.resize(layout_->num_fragments());
+      residual_.resize(layout_->num_fragments());
+    }
+    // g in signature order, then the parameters: rank 0's become everyone's.
+    CopyParamsTo(*trainer_.model_, &theta_);
+    std::vector<float> global(leader() ? theta_.size() : 0);
+    for (uint32_t p = 0; leader() && p < g_.size(); ++p)
+      LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, g_[p], global));
+    LOWBAND_RETURN_IF_ERROR(site_->Broadcast(&global));
+    if (global.size() != theta_.size()) {
+      return DataLoss(
+          fmt::format("the site leader's global copy has {} values, this rank's model {}: start "
+                      "every rank of a site with the same model config",
+                      global.size(), theta_.size()));
+    }
+    for (uint32_t p = 0; !leader() && p < g_.size(); ++p) {
+      g_[p].resize(layout_->element_count(p));
+      LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, global, g_[p]));
+    }
+    LOWBAND_RETURN_IF_ERROR(site_->BroadcastParameters(*trainer_.model_));
+    CopyParamsTo(*trainer_.model_, &theta_);
+    if (!leader()) {
+      spdlog::info("rank {} of site {}: H={} P={} tau={} alpha={}, global state from the site's leader",
+                   o_.rank, o_.worker_index, reply_.inner_steps, reply_.num_fragments, reply_.overlap_steps,
+                   reply_.mixing_alpha);
+    }
+    return CheckSite(start);
+  }
+
+  // Every rank of the site holds the same parameters and global copy (CRC32C digests compared).
+  Status CheckSite(int64_t step) {
+    CopyParamsTo(*trainer_.model_, &theta_);
+    uint32_t g_crc = 0;
+    for (const auto& g : g_) g_crc = g_crc * 0x9E3779B1u + comm::CrcOfFloats(g);
+    const uint64_t digest = (uint64_t{comm::CrcOfFloats(theta_)} << 32) | g_crc;
+    LOWBAND_RETURN_IF_ERROR(
+        site_->CheckIdentical(digest, fmt::format("parameters or global copy after step {}", step)));
+    ++site_checks_;
+    return Status::Ok();
+  }
+
   Status Join() {
     comm::ClientOptions copts;
     LOWBAND_ASSIGN_OR_RETURN(client_, comm::CoordinatorClient::Connect(o_.coordinator, copts));
-    LOWBAND_ASSIGN_OR_RETURN(signature_, SignatureOf(*trainer_.model_));
     comm::JoinParams jp{o_.run_id, o_.token, signature_, o_.worker_name, ""};
     LOWBAND_ASSIGN_OR_RETURN(reply_, client_->Join(jp));
     LOWBAND_ASSIGN_OR_RETURN(schedule_, comm::FragmentSchedule::Create(
@@ -302,6 +447,7 @@ class StreamingWorker {
                  reply_.inner_steps, reply_.num_fragments, reply_.overlap_steps, reply_.mixing_alpha,
                  quant::FormatName(reply_.upload_codec.format),
                  quant::FormatName(reply_.download_codec.format));
+    codec_name_ = quant::FormatName(reply_.upload_codec.format);
 
     const uint32_t P = layout_->num_fragments();
     g_.resize(P);
@@ -393,7 +539,7 @@ class StreamingWorker {
     std::vector<float> global(theta_.size());
     for (uint32_t p = 0; p < g_.size(); ++p) {
       LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, g_[p], global));
-      if (o_.error_feedback) extras.vectors["residual." + std::to_string(p)] = residual_[p];
+      if (o_.error_feedback && leader()) extras.vectors["residual." + std::to_string(p)] = residual_[p];
     }
     extras.vectors["global"] = std::move(global);
     return SaveWorkerCheckpoint(o_, trainer_, step, std::move(extras));
@@ -405,13 +551,15 @@ class StreamingWorker {
         // A deferred result still missing when the fragment is due again: it must come first.
         LOWBAND_RETURN_IF_ERROR(Collect(p, /*block=*/true));
       }
+      const uint64_t round = next_round_[p]++;
+      pending_[p] = {true, round, t + static_cast<int64_t>(schedule_->overlap())};
+      if (!leader()) continue;  // the site's leader sends; the other ranks wait for the update with it
       CopyParamsTo(*trainer_.model_, &theta_);
       std::vector<float>& delta = scratch_;
       delta.resize(g_[p].size());
       LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, theta_, delta));
       for (size_t i = 0; i < delta.size(); ++i) delta[i] = g_[p][i] - delta[i];
       quant::CodecSpec spec = reply_.upload_codec;
-      const uint64_t round = next_round_[p]++;
       spec.seed = MessageSeed(o_.seed, reply_.worker_id, p, round);
       std::vector<uint8_t> payload;
       if (o_.error_feedback) {
@@ -424,7 +572,6 @@ class StreamingWorker {
       }
       bytes_encoded_ += payload.size();
       exchanger_->Send(p, round, std::move(payload));
-      pending_[p] = {true, round, t + static_cast<int64_t>(schedule_->overlap())};
     }
     return Status::Ok();
   }
@@ -442,14 +589,11 @@ class StreamingWorker {
   Status Collect(uint32_t p, bool block) {
     const Pending pend = pending_[p];
     std::optional<StatusOr<std::vector<uint8_t>>> got;
-    if (block) {
-      const auto t0 = RunClock::Clock::now();
-      got = exchanger_->Wait(p, pend.round);
-      trainer_.stall_s_ += RunClock::Since(t0);
-    } else {
-      got = exchanger_->Poll(p, pend.round);
-      if (!got) return Status::Ok();  // deferred: applied when it arrives
-    }
+    const auto t0 = RunClock::Clock::now();
+    if (leader()) got = block ? exchanger_->Wait(p, pend.round) : exchanger_->Poll(p, pend.round);
+    if (site_) LOWBAND_RETURN_IF_ERROR(ShareUpdate(&got));
+    if (block) trainer_.stall_s_ += RunClock::Since(t0);
+    if (!got) return Status::Ok();  // deferred: applied when it arrives
     if (!got->ok()) return got->status();
     pending_[p].active = false;
     // g_p -= dec(update), exactly as the coordinator did; then theta_p = alpha theta_p + (1-alpha) g_p.
@@ -465,6 +609,38 @@ class StreamingWorker {
     return CopyParamsFrom(*trainer_.model_, theta_);
   }
 
+  // The site's leader passes what it got for a round (nothing yet, the encoded update, or an error)
+  // to the other ranks, which then hold the same.
+  Status ShareUpdate(std::optional<StatusOr<std::vector<uint8_t>>>* got) {
+    enum : uint8_t { kNotYet = 0, kUpdate = 1, kError = 2 };
+    std::vector<uint8_t> msg;
+    if (leader()) {
+      if (!got->has_value()) {
+        msg = {kNotYet};
+      } else if (!(*got)->ok()) {
+        const std::string text = (*got)->status().ToString();
+        msg.push_back(kError);
+        msg.insert(msg.end(), text.begin(), text.end());
+      } else {
+        msg.reserve(1 + (**got)->size());
+        msg.push_back(kUpdate);
+        msg.insert(msg.end(), (**got)->begin(), (**got)->end());
+      }
+    }
+    LOWBAND_RETURN_IF_ERROR(site_->Broadcast(&msg));
+    if (leader()) return Status::Ok();
+    if (msg.empty() || msg[0] > kError) return DataLoss("the site leader sent a malformed update message");
+    if (msg[0] == kNotYet) {
+      got->reset();
+    } else if (msg[0] == kError) {
+      *got = Unavailable("the site's leader (rank 0) failed to get the update: " +
+                         std::string(msg.begin() + 1, msg.end()));
+    } else {
+      *got = std::vector<uint8_t>(msg.begin() + 1, msg.end());
+    }
+    return Status::Ok();
+  }
+
   Status Evaluate(int64_t step) {
     CopyParamsTo(*trainer_.model_, &theta_);
     std::vector<float> global = theta_;
@@ -477,12 +653,13 @@ class StreamingWorker {
     return Status::Ok();
   }
 
-  uint64_t BytesUp() const { return client_->traffic().sync_payload_bytes_sent; }
-  uint64_t BytesDown() const { return client_->traffic().sync_payload_bytes_received; }
+  // Coordinator traffic: the site's leader carries all of it.
+  uint64_t BytesUp() const { return client_ ? client_->traffic().sync_payload_bytes_sent : 0; }
+  uint64_t BytesDown() const { return client_ ? client_->traffic().sync_payload_bytes_received : 0; }
 
   Status WriteResult(int64_t steps_done) {
     nlohmann::json r = trainer_.Result(o_.algo, steps_done);
-    const comm::TrafficCounters tc = client_->traffic();
+    const comm::TrafficCounters tc = client_ ? client_->traffic() : comm::TrafficCounters{};
     r["worker_id"] = reply_.worker_id;
     r["bytes_up"] = tc.sync_payload_bytes_sent;
     r["bytes_down"] = tc.sync_payload_bytes_received;
@@ -491,7 +668,7 @@ class StreamingWorker {
     r["bootstrap_bytes"] = tc.bootstrap_payload_bytes_sent + tc.bootstrap_payload_bytes_received;
     r["control_bytes"] = tc.control_message_bytes_sent + tc.control_message_bytes_received;
     r["bytes_encoded"] = bytes_encoded_;
-    r["codec"] = quant::FormatName(reply_.upload_codec.format);
+    r["codec"] = codec_name_;
     r["H"] = reply_.inner_steps;
     r["fragments"] = reply_.num_fragments;
     r["tau"] = reply_.overlap_steps;
@@ -501,6 +678,17 @@ class StreamingWorker {
     for (const auto& g : g_) crcs.push_back(comm::CrcOfFloats(g));
     r["global_crc"] = crcs;
     r["rounds_sent"] = next_round_;
+    std::vector<float> params;
+    CopyParamsTo(*trainer_.model_, &params);
+    r["params_crc"] = comm::CrcOfFloats(params);
+    r["rank"] = o_.rank;
+    r["ranks"] = o_.ranks;
+    if (site_) {
+      r["site_allreduce_bytes"] = site_->allreduce_bytes();
+      r["site_broadcast_bytes"] = site_->broadcast_bytes();
+      r["site_comm_seconds"] = site_comm_s_;
+      r["site_checks"] = site_checks_;
+    }
     nlohmann::json sizes = nlohmann::json::array();
     for (uint32_t p = 0; p < layout_->num_fragments(); ++p) sizes.push_back(layout_->element_count(p));
     r["fragment_elements"] = sizes;
@@ -531,6 +719,10 @@ class StreamingWorker {
   std::vector<Pending> pending_;
   std::vector<uint64_t> next_round_;
   uint64_t bytes_encoded_ = 0;
+  std::string codec_name_;
+  std::unique_ptr<DataParallelGroup> site_;  // a site's ranks (null for a one-rank worker)
+  double site_comm_s_ = 0;                   // gradient all-reduce within the site
+  int64_t site_checks_ = 0;
   std::unique_ptr<FragmentExchanger> exchanger_;
   std::unique_ptr<Heartbeat> heartbeat_;
 };
@@ -540,6 +732,11 @@ class DdpWorker {
   explicit DdpWorker(const EngineOptions& o) : o_(o), trainer_(o) {}
 
   Status Run() {
+    if (o_.ranks > 1) {
+      return InvalidArgument(
+          "algo ddp is already data-parallel over all its workers: run --workers M x R instead of sites of "
+          "--ranks R (sites are for streaming and diloco)");
+    }
     if (o_.resume) {
       // Its checkpoints are snapshots (and a fine-tuning base); restarting ranks from them in step is not
       // built yet, and silently starting over would overwrite them.
@@ -548,8 +745,9 @@ class DdpWorker {
           "run, or drop --resume");
     }
     LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
-    LOWBAND_ASSIGN_OR_RETURN(reducer_, GradientAllReducer::Create(o_.store_address, o_.worker_index,
-                                                                  o_.num_workers, o_.collective_timeout));
+    LOWBAND_ASSIGN_OR_RETURN(reducer_,
+                             DataParallelGroup::Create({o_.store_address, o_.worker_index, o_.num_workers,
+                                                        o_.collective_timeout, "ddp", o_.start_timeout}));
     // Every rank starts from rank 0's parameters (they are equal by seed; this makes it a fact).
     LOWBAND_RETURN_IF_ERROR(reducer_->BroadcastParameters(*trainer_.model_));
     trainer_.BeginTraining();
@@ -557,31 +755,22 @@ class DdpWorker {
     int64_t t = 0;
     while (t < o_.steps) {
       ++t;
-      const Batch batch = trainer_.data_->NextTrainBatch();
-      const auto t0 = RunClock::Clock::now();
-      LOWBAND_ASSIGN_OR_RETURN(const float loss,
-                               trainer_.optimizer_->ForwardBackward(*trainer_.model_, batch));
-      trainer_.compute_s_ += RunClock::Since(t0);
-      const auto t1 = RunClock::Clock::now();
-      LOWBAND_RETURN_IF_ERROR(reducer_->AllReduceMean(*trainer_.model_));
-      trainer_.stall_s_ += RunClock::Since(t1);
-      const auto t2 = RunClock::Clock::now();
-      LOWBAND_RETURN_IF_ERROR(trainer_.optimizer_->ApplyStep());
-      trainer_.compute_s_ += RunClock::Since(t2);
-      trainer_.Account(batch, loss);
-      if (t % o_.log_every == 0) trainer_.LogStep(t, reducer_->bytes_sent(), reducer_->bytes_received());
+      // ddp's all-reduce is its communication: its time is the run's stall time.
+      LOWBAND_RETURN_IF_ERROR(trainer_.InnerStep(reducer_.get(), &trainer_.stall_s_).status());
+      if (t % o_.log_every == 0) trainer_.LogStep(t, Bytes(), Bytes());
       if (trainer_.EvalDue(t) && t != o_.steps) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
       if (o_.checkpoint_every > 0 && t % o_.checkpoint_every == 0 && t != o_.steps) {
         LOWBAND_RETURN_IF_ERROR(SaveWorkerCheckpoint(o_, trainer_, t, {}));
       }
     }
-    if (t % o_.log_every != 0) trainer_.LogStep(t, reducer_->bytes_sent(), reducer_->bytes_received());
+    if (t % o_.log_every != 0) trainer_.LogStep(t, Bytes(), Bytes());
     if (o_.evaluate) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
     // Every rank holds the same replica; each saves its own (the base for fine-tuning, e.g. split-client).
     if (!o_.checkpoint_dir.empty()) LOWBAND_RETURN_IF_ERROR(SaveWorkerCheckpoint(o_, trainer_, t, {}));
     nlohmann::json r = trainer_.Result("ddp", t);
-    r["bytes_up"] = reducer_->bytes_sent();
-    r["bytes_down"] = reducer_->bytes_received();
+    // A ring all-reduce receives what it sends.
+    r["bytes_up"] = Bytes();
+    r["bytes_down"] = Bytes();
     r["bytes_accounting"] = "ring all-reduce: 2(M-1)/M x 4 bytes x parameters per step, each way";
     r["bootstrap_bytes"] = reducer_->broadcast_bytes();
     r["codec"] = "fp32";
@@ -596,13 +785,15 @@ class DdpWorker {
   Status Evaluate(int64_t step) {
     auto r = trainer_.EvaluateModel();
     if (!r.ok()) return r.status();
-    trainer_.RecordEval(step, *r, reducer_->bytes_sent(), reducer_->bytes_received());
+    trainer_.RecordEval(step, *r, Bytes(), Bytes());
     return Status::Ok();
   }
 
+  uint64_t Bytes() const { return reducer_->allreduce_bytes(); }
+
   const EngineOptions& o_;
   Trainer trainer_;
-  std::unique_ptr<GradientAllReducer> reducer_;
+  std::unique_ptr<DataParallelGroup> reducer_;
 };
 
 }  // namespace

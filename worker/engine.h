@@ -7,7 +7,8 @@
 // uploads it and fetches the round's outer update on background threads while training goes on;
 // at step t + tau the worker applies g_p -= dec(update) and merges theta_p = alpha * theta_p +
 // (1 - alpha) * g_p. A late update stalls (late = wait, counted) or is applied when it arrives
-// (late = defer). Worker 0 evaluates the global parameters every eval_every steps.
+// (late = defer). Worker 0 evaluates the global parameters every eval_every steps. A worker may be a
+// site of several ranks (EngineOptions::ranks).
 //
 // Outputs: a JSONL metrics file (step and eval records) and a JSON result file at the end (see
 // docs/run-outputs.md). Thread safety: RunWorker is one training run; call it once per process.
@@ -54,6 +55,19 @@ struct EngineOptions {
   // --- ddp: c10d TCPStore address (rank 0 hosts it) and the timeout of every collective.
   std::string store_address;
   std::chrono::milliseconds collective_timeout{300'000};
+
+  // --- A site (streaming, diloco): this worker is `ranks` processes that train one replica
+  // data-parallel, all-reducing gradients every inner step through c10d Gloo (rendezvous at the
+  // TCPStore `site_store`, hosted by rank 0; collectives time out after collective_timeout). Rank 0
+  // (the site's leader) alone talks to the coordinator: it encodes and sends the due fragments and
+  // passes each round's encoded update to the other ranks, which apply it as it does. Every rank draws
+  // the site's batch (ranks x data.batch_size examples) and trains on its own slice of it, so a site
+  // of R ranks trains like one rank with an R times larger batch. Token counts are the site's.
+  int rank = 0;
+  int ranks = 1;
+  std::string site_store;
+  // Compare every rank's parameters and global copy (CRC32C digests) every N steps; 0: at the end only.
+  int64_t site_check_every = 0;
 
   // --- Outputs.
   std::string metrics_path;  // JSONL, "" for none

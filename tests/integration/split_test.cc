@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -33,16 +34,10 @@ class SplitProcessTest : public ::testing::Test {
   void SetUp() override {
     dir_ = fs::temp_directory_path() / fmt::format("lowband-split-it-{}", ::getpid());
     fs::create_directories(dir_);
-    std::mt19937 rng(5);
-    const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ", "far. "};
-    std::ofstream f(dir_ / "corpus.txt");
-    for (int i = 0; i < 40000; ++i) f << words[(i * 7 + rng() % 3) % 10];
+    testing::WriteTinyCorpus((dir_ / "corpus.txt").string(), 40000);
   }
   void TearDown() override {
-    if (server_pid_ > 0) {
-      ::kill(server_pid_, SIGKILL);
-      ::waitpid(server_pid_, nullptr, 0);
-    }
+    server_.reset();
     fs::remove_all(dir_);
   }
 
@@ -56,21 +51,11 @@ class SplitProcessTest : public ::testing::Test {
   // Starts the server; returns its port.
   int StartServer() {
     const std::string port_file = (dir_ / "port").string();
-    server_pid_ = ::fork();
-    if (server_pid_ == 0) {
-      const std::string cmd = fmt::format(
-          "exec {} split-server {} --cut 1 --listen 127.0.0.1:0 --port-file {} "
-          "--set split.out={} > {} 2>&1",
-          Bin(), Model(), port_file, (dir_ / "server").string(), (dir_ / "server.log").string());
-      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    for (int i = 0; i < 300 && !fs::exists(port_file); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    std::ifstream in(port_file);
-    int port = 0;
-    in >> port;
-    return port;
+    server_ = std::make_unique<testing::Background>(
+        fmt::format("{} split-server {} --cut 1 --listen 127.0.0.1:0 --port-file {} --set split.out={}",
+                    Bin(), Model(), port_file, (dir_ / "server").string()),
+        (dir_ / "server.log").string());
+    return testing::ReadPortFile(port_file);
   }
 
   std::string Client(int port, const std::string& name, const std::string& extra) const {
@@ -81,7 +66,7 @@ class SplitProcessTest : public ::testing::Test {
   }
 
   fs::path dir_;
-  pid_t server_pid_ = -1;
+  std::unique_ptr<testing::Background> server_;
 };
 
 TEST_F(SplitProcessTest, TwoClientsFineTuneAgainstOneServerAndBothSidesSaveAdapters) {
@@ -122,11 +107,10 @@ TEST_F(SplitProcessTest, TwoClientsFineTuneAgainstOneServerAndBothSidesSaveAdapt
   EXPECT_NE(rc3, 0);
   EXPECT_NE(out3.find("does not exist"), std::string::npos) << out3;
   // The server is still serving and stops cleanly on SIGTERM.
-  ::kill(server_pid_, SIGTERM);
-  int status = 0;
-  ::waitpid(server_pid_, &status, 0);
-  server_pid_ = -1;
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+  server_->Signal(SIGTERM);
+  const auto status = server_->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(status.has_value()) << "the server did not stop within 60 s of SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
       << Shell("cat " + (dir_ / "server.log").string()).second;
 }
 

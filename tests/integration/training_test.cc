@@ -36,10 +36,7 @@ class TrainingTest : public ::testing::Test {
     dir_ = fs::temp_directory_path() / fmt::format("lowband-it-{}", ::getpid());
     fs::create_directories(dir_);
     // A text with structure to learn: words from a small vocabulary in repeating patterns.
-    std::mt19937 rng(5);
-    const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ", "far. "};
-    std::ofstream f(dir_ / "corpus.txt");
-    for (int i = 0; i < 60000; ++i) f << words[(i * 7 + rng() % 3) % 10];
+    testing::WriteTinyCorpus((dir_ / "corpus.txt").string(), 60000);
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
 
