@@ -14,6 +14,7 @@
 #if defined(LOWBAND_HAVE_GRPC)
 #include "comm/outer_update.h"
 #include "coordinator/core.h"
+#include "coordinator/http.h"
 #include "coordinator/service.h"
 #endif
 #if defined(LOWBAND_HAVE_ENGINE)
@@ -42,6 +43,8 @@ std::string SelfPath() {
 
 struct CoordinatorFlags {
   std::string listen = "0.0.0.0:50051";
+  std::string http;
+  std::string http_port_file;
   std::string port_file;
   std::string out;
   int workers = 0;
@@ -89,6 +92,16 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
     const Status written = WritePortFile(f.port_file, (*server)->port());
     if (!written.ok()) throw CommandError("coordinator: --port-file: " + written.message());
   }
+  std::unique_ptr<coordinator::HttpStatusServer> http;
+  if (!f.http.empty()) {
+    auto h = coordinator::HttpStatusServer::Start(**core, f.http);
+    Check(h.status());
+    http = std::move(*h);
+    if (!f.http_port_file.empty()) {
+      const Status written = WritePortFile(f.http_port_file, http->port());
+      if (!written.ok()) throw CommandError("coordinator: --http-port-file: " + written.message());
+    }
+  }
   InstallStopHandlers();
   comm::MetricsLog log;
   if (!f.out.empty()) {
@@ -129,6 +142,7 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
     }
   }
   (*server)->Stop();
+  if (http) http->Stop();
   const auto counters = (*core)->counters();
   nlohmann::json r = {{"rounds_closed", counters.rounds_closed},
                       {"rounds_closed_at_deadline", counters.rounds_closed_at_deadline},
@@ -237,6 +251,10 @@ void RegisterTraining(CLI::App& app) {
     cmd->add_option("--listen", f->listen, "host:port to listen on (port 0: pick one)")
         ->capture_default_str();
     cmd->add_option("--port-file", f->port_file, "Write the bound port to this file once listening");
+    cmd->add_option("--http", f->http,
+                    "Serve a read-only status page (/), Prometheus metrics (/metrics) and /status.json on "
+                    "host:port (port 0: pick one)");
+    cmd->add_option("--http-port-file", f->http_port_file, "Write the HTTP port to this file once listening");
     cmd->add_option("--out", f->out, "Run directory for metrics/coordinator*.json[l]");
     cmd->add_option("--workers", f->workers, "Expected workers (with --exit-when-done)");
     cmd->add_flag("--exit-when-done", f->exit_when_done,
@@ -293,6 +311,9 @@ void RegisterTraining(CLI::App& app) {
     auto o = std::make_shared<LaunchOptions>();
     cmd->add_option("--workers", o->workers, "Number of workers")->capture_default_str();
     cmd->add_option("--out", o->out, "Run directory")->capture_default_str();
+    cmd->add_option("--http", o->http,
+                    "The coordinator serves its status page, /metrics (Prometheus) and /status.json here "
+                    "(host:port)");
     cmd->add_option("--progress-seconds", o->progress_seconds,
                     "Progress line interval when not on a terminal");
     cmd->add_option("--checkpoint-every", o->checkpoint_every,

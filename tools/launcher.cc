@@ -508,6 +508,7 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
     fs::remove(port_file, ec);
     std::vector<std::string> args{"coordinator", "--listen", lab ? "0.0.0.0:0" : "127.0.0.1:0",
                                   "--port-file", port_file,  "--exit-when-done"};
+    if (!o.http.empty()) args.insert(args.end(), {"--http", o.http});
     args.insert(args.end(), common.begin(), common.end());
     const std::string log = o.out + "/logs/coordinator.log";
     LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn("coordinator", o.self, args, log, coord_ns));

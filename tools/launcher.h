@@ -26,6 +26,8 @@ struct LaunchOptions {
   bool resume = false;
   // Give up when no worker makes progress for this long.
   double stuck_seconds = 900;
+  // The coordinator's read-only status page and Prometheus metrics on this host:port ("" for none).
+  std::string http;
 
   // Shaped links (`lowband link`, docs/link-shaper.md): when any of the five link_* options below
   // is set, one shaper process per worker sits between that worker and the coordinator, so every
