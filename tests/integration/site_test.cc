@@ -102,6 +102,27 @@ TEST_F(SiteTest, RanksOfASiteStayIdenticalEveryStepAndCrossSiteBytesDoNotDependO
   EXPECT_FALSE(s1.contains("site_bytes"));
 }
 
+TEST_F(SiteTest, SitesResumeFromTheirRanksCheckpointsAndStayIdentical) {
+  int rc = 0;
+  const std::string flags = "--workers 2 --ranks 2 --site-check-every 1 --batch-size 8 --checkpoint-every 10";
+  const std::string first = Launch("resume", flags + " --steps 20", &rc);
+  ASSERT_EQ(rc, 0) << first;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(fs::exists(fmt::format("{}/checkpoints/worker-1/rank-{}", first, r))) << "rank " << r;
+  }
+  // (The first run's --steps 20 came after Launch()'s --steps 40 and won.) Now train on to step 40.
+  const std::string resumed =
+      Launch("resume", "--workers 2 --ranks 2 --site-check-every 1 --batch-size 8 --resume", &rc);
+  ASSERT_EQ(rc, 0) << resumed;
+  const auto s = ReadJson(resumed + "/summary.json");
+  EXPECT_EQ(s["steps"].get<int>(), 40);
+  EXPECT_TRUE(s["site_state_identical"].get<bool>()) << s.dump(2);
+  EXPECT_TRUE(s["global_state_identical"].get<bool>()) << s.dump(2);
+  // The leader and rank 1 both went on from step 20: 20 steps, plus the checks at join and end.
+  const auto other = ReadJson(resumed + "/metrics/worker-0-rank-1-result.json");
+  EXPECT_EQ(other["site_checks"].get<int>(), 22);
+}
+
 TEST_F(SiteTest, ATwoRankSiteTrainsLikeOneRankWithTheDoubleBatch) {
   int rc = 0;
   // Same evaluation set (4 x 8 = 2 x 16 held-out windows), same site batch (2 ranks x 8 = 16).
