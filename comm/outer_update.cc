@@ -37,6 +37,14 @@ Status ApplyOuterUpdate(std::span<const uint8_t> payload, std::span<float> globa
                     scratch[bad], bad));
   }
   for (size_t i = 0; i < global.size(); ++i) {
+    if (!std::isfinite(global[i] - scratch[i])) {
+      return InvalidArgument(
+          fmt::format("outer update would make value {} non-finite ({} - {} overflows); refusing to "
+                      "apply it",
+                      i, global[i], scratch[i]));
+    }
+  }
+  for (size_t i = 0; i < global.size(); ++i) {
     global[i] -= scratch[i];
   }
   return Status::Ok();

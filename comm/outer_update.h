@@ -20,7 +20,8 @@
 namespace lowband::comm {
 
 // global[i] -= decoded(payload)[i]. The payload is validated in full (quant::Inspect and a check
-// that every decoded value is finite) before `global` is modified: on error nothing is written.
+// that every decoded value, and every result, is finite) before `global` is modified: on error
+// nothing is written.
 // `scratch` is resized to global.size() and reused between calls (no allocation once warm).
 Status ApplyOuterUpdate(std::span<const uint8_t> payload, std::span<float> global,
                         std::vector<float>& scratch);

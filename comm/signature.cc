@@ -1,6 +1,8 @@
 #include "comm/signature.h"
 
 #include <algorithm>
+#include <cstddef>
+#include <limits>
 #include <set>
 
 #include <fmt/format.h>
@@ -81,6 +83,9 @@ Status ValidateSignature(const ModelSignature& signature) {
     return InvalidArgument("model signature has no tensors; a model must have at least one parameter");
   }
   std::set<std::string> names;
+  // Every parameter must fit in one flat fp32 vector: element counts never wrap around.
+  constexpr uint64_t kMaxElements = static_cast<uint64_t>(std::numeric_limits<std::ptrdiff_t>::max()) / 4;
+  uint64_t total = 0;
   for (size_t i = 0; i < signature.tensors.size(); ++i) {
     const TensorInfo& t = signature.tensors[i];
     if (t.name.empty()) {
@@ -92,11 +97,21 @@ Status ValidateSignature(const ModelSignature& signature) {
                       "parameter names must be unique",
                       t.name, i));
     }
+    uint64_t count = 1;
     for (int64_t d : t.shape) {
       if (d < 0) {
         return InvalidArgument(
             fmt::format("tensor '{}' has a negative dimension in shape {}", t.name, ShapeToString(t.shape)));
       }
+      if (__builtin_mul_overflow(count, static_cast<uint64_t>(d), &count)) {
+        count = kMaxElements + 1;
+      }
+    }
+    if (__builtin_add_overflow(total, count, &total) || total > kMaxElements) {
+      return InvalidArgument(
+          fmt::format("tensor '{}' (shape {}) takes the model beyond {} parameters, more "
+                      "than one fp32 vector can hold; the shape is corrupt",
+                      t.name, ShapeToString(t.shape), kMaxElements));
     }
     if (t.dtype.empty()) {
       return InvalidArgument(fmt::format("tensor '{}' has an empty dtype", t.name));

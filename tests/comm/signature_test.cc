@@ -1,5 +1,8 @@
 #include "comm/signature.h"
 
+#include <cstdint>
+#include <limits>
+
 #include <gtest/gtest.h>
 
 namespace lowband::comm {
@@ -36,6 +39,25 @@ TEST(Signature, ValidationAndComparisonNameTheProblem) {
   neg[0].shape = {-1, 4};
   EXPECT_FALSE(MakeSignature(neg).ok());
   EXPECT_FALSE(MakeSignature({}).ok());
+  // Element counts that wrap around uint64 (found by fuzz_comm_wire: (2^63-1)^3 twice made a
+  // 27-value model whose SeedState read past the values) or exceed one fp32 vector are refused.
+  constexpr int64_t kHuge = std::numeric_limits<int64_t>::max();
+  auto wraps = Tensors();
+  wraps.push_back({"x", {kHuge, kHuge, kHuge}, "float32"});
+  wraps.push_back({"y", {kHuge, kHuge, kHuge}, "float32"});
+  auto w = MakeSignature(wraps);
+  EXPECT_NE(w.status().message().find("beyond"), std::string::npos) << w.status().message();
+  auto sum_wraps = Tensors();
+  sum_wraps.push_back({"x", {int64_t{1} << 62}, "float32"});
+  sum_wraps.push_back({"y", {int64_t{1} << 62}, "float32"});
+  sum_wraps.push_back({"z", {int64_t{1} << 62}, "float32"});
+  sum_wraps.push_back({"u", {int64_t{1} << 62}, "float32"});
+  EXPECT_FALSE(MakeSignature(sum_wraps).ok());
+  auto big = Tensors();
+  big[0].shape = {int64_t{1} << 62};
+  EXPECT_FALSE(MakeSignature(big).ok());
+  big[0].shape = {int64_t{1} << 40};  // huge, but representable
+  EXPECT_TRUE(MakeSignature(big).ok());
 
   auto ours = *MakeSignature(Tensors());
   auto shape = Tensors();

@@ -296,6 +296,33 @@ TEST_F(CoreTest, WorkersApplyingPayloadsHoldBitIdenticalGlobalState) {
   EXPECT_EQ(core_->counters().rounds_closed, 15u);
 }
 
+// Found by fuzz_coordinator_core: finite contributions of magnitude 1e37, round after round, grew the
+// global state until g - update overflowed to -inf in a round that "closed" normally. Such a round
+// must fail instead (counted, its update refused to every worker) and leave g and momentum as they
+// were.
+TEST_F(CoreTest, OuterUpdateThatWouldOverflowTheGlobalStateFailsTheRound) {
+  Start(BaseOptions());
+  JoinAndSeed(2);
+  std::vector<float> huge(core_->layout()->element_count(1), 1e37f);
+  const auto payload = *quant::Encode(core_->options().upload_codec, huge);
+  uint64_t round = 0;
+  for (; round < 40 && core_->counters().rounds_failed == 0; ++round) {
+    const auto before = core_->Snapshot();
+    ASSERT_TRUE(core_->Push(keys_[0], 1, round, payload).ok());
+    ASSERT_TRUE(core_->Push(keys_[1], 1, round, payload).ok());
+    const auto after = core_->Snapshot();
+    for (float v : after.fragments[1].global) ASSERT_TRUE(std::isfinite(v)) << "round " << round;
+    if (core_->counters().rounds_failed > 0) {
+      EXPECT_EQ(after.fragments[1].global, before.fragments[1].global);
+      EXPECT_EQ(after.fragments[1].momentum, before.fragments[1].momentum);
+      auto u = core_->GetUpdate(keys_[0], 1, round);
+      EXPECT_FALSE(u.ok());
+      EXPECT_NE(u.status().message().find("non-finite"), std::string::npos) << u.status().ToString();
+    }
+  }
+  EXPECT_EQ(core_->counters().rounds_failed, 1u) << "the global state never came near overflowing";
+}
+
 // Workers on their own threads (plus a ticker) push, wait for updates through AwaitUpdate and
 // apply them; the core's one mutex and its out-of-lock callbacks keep every copy bit-identical.
 TEST_F(CoreTest, ConcurrentWorkersEndBitIdentical) {

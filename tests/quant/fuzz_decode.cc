@@ -57,7 +57,7 @@ void Structured(const uint8_t* data, size_t size) {
   size -= 6;
   if (!Validate(spec).ok()) return;
   std::vector<float> x(size / 4);
-  std::memcpy(x.data(), data, x.size() * 4);
+  if (!x.empty()) std::memcpy(x.data(), data, x.size() * 4);  // memcpy(nullptr, ..., 0) is UB
   spec.isa = Isa::kScalar;
   auto p = Encode(spec, x);
   spec.isa = Isa::kAuto;
