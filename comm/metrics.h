@@ -16,7 +16,7 @@ namespace lowband::comm {
 
 class MetricsLog {
  public:
-  // Opens (truncating) `path`; an empty path discards every record.
+  // Opens (truncating) `path`, creating its directory; an empty path discards every record.
   static StatusOr<MetricsLog> Open(const std::string& path);
   MetricsLog() = default;
   MetricsLog(MetricsLog&& other) noexcept : file_(other.file_) { other.file_ = nullptr; }

@@ -291,17 +291,19 @@ struct HttpStatusServer::Impl {
       }
       const std::string target(req.target());
       const std::string path = target.substr(0, target.find('?'));
+      const bool page = path == "/" || path == "/index.html";
+      if (!page && path != "/metrics" && path != "/status.json") {
+        return Reply(http::status::not_found, "text/plain", "not found: try /, /metrics or /status.json\n",
+                     head);
+      }
+      // Read the core only for a page that shows it.
       const nlohmann::json status = StatusJson(owner_->core);
       if (path == "/metrics") {
         return Reply(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", PrometheusText(status),
                      head);
       }
-      if (path == "/status.json")
-        return Reply(http::status::ok, "application/json", status.dump(2) + "\n", head);
-      if (path == "/" || path == "/index.html") {
-        return Reply(http::status::ok, "text/html; charset=utf-8", StatusPage(status), head);
-      }
-      Reply(http::status::not_found, "text/plain", "not found: try /, /metrics or /status.json\n", head);
+      if (page) return Reply(http::status::ok, "text/html; charset=utf-8", StatusPage(status), head);
+      Reply(http::status::ok, "application/json", status.dump(2) + "\n", head);
     }
 
     void Reply(http::status code, const char* type, std::string body, bool head) {

@@ -3,13 +3,13 @@
 #if defined(LOWBAND_HAVE_ENGINE)
 
 #include <algorithm>
-#include <barrier>
 #include <chrono>
 #include <thread>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "comm/ports.h"
 #include "tools/command.h"
 #include "worker/collectives.h"
 #include "worker/inner_optimizer.h"
@@ -53,7 +53,7 @@ struct Timings {
 // Runs body(rank, group) on R threads with a fresh group each time; rethrows the first failure.
 template <typename F>
 void OnRanks(int ranks, F&& body) {
-  const std::string store = fmt::format("127.0.0.1:{}", FreeLoopbackPort());
+  const std::string store = fmt::format("127.0.0.1:{}", comm::FreeLoopbackPort());
   std::vector<std::string> errors(static_cast<size_t>(ranks));
   std::vector<std::thread> threads;
   for (int r = 0; r < ranks; ++r) {

@@ -138,7 +138,6 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   Ok(client.status());
   split::SplitClient& cl = **client;
 
-  std::filesystem::create_directories(f.out + "/metrics");
   auto log = comm::MetricsLog::Open(f.out + "/metrics/split-client.jsonl");
   Ok(log.status());
   comm::RunClock clock;

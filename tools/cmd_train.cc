@@ -105,9 +105,6 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   InstallStopHandlers();
   comm::MetricsLog log;
   if (!f.out.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(f.out + "/metrics", ec);
-    if (ec) throw CommandError(fmt::format("coordinator: cannot create {}/metrics: {}", f.out, ec.message()));
     auto l = comm::MetricsLog::Open(f.out + "/metrics/coordinator.jsonl");
     Check(l.status());
     log = std::move(*l);
@@ -208,7 +205,6 @@ void RunWorkerCommand(const RunConfig& c, const WorkerFlags& f) {
   e.checkpoint_every = f.checkpoint_every;
   e.resume = f.resume;
   if (!f.out.empty()) {
-    std::filesystem::create_directories(f.out + "/metrics");
     // A site's leader (rank 0) writes the worker's files; its other ranks their own beside them.
     const std::string id = f.rank == 0 ? fmt::format("worker-{}", f.worker_id)
                                        : fmt::format("worker-{}-rank-{}", f.worker_id, f.rank);

@@ -31,9 +31,6 @@ Status WritePortFile(const std::string& path, int port);
 void InstallStopHandlers();
 bool StopRequested();
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and released); 0 on failure.
-int FreeLoopbackPort();
-
 void RegisterBench(CLI::App& app);
 void RegisterTraining(CLI::App& app);
 void RegisterData(CLI::App& app);

@@ -24,6 +24,7 @@
 #include <spdlog/spdlog.h>
 
 #include "comm/metrics.h"
+#include "comm/ports.h"
 #include "sim/units.h"
 #include "tools/command.h"
 
@@ -499,8 +500,8 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   // What worker i connects to: the ddp store, the coordinator, or its own shaper in front of it.
   std::vector<std::string> endpoints(o.workers);
   if (ddp) {
-    const std::string store =
-        lab ? fmt::format("{}:29500", NetnsWorkerIp(0)) : fmt::format("127.0.0.1:{}", FreeLoopbackPort());
+    const std::string store = lab ? fmt::format("{}:29500", NetnsWorkerIp(0))
+                                  : fmt::format("127.0.0.1:{}", comm::FreeLoopbackPort());
     std::fill(endpoints.begin(), endpoints.end(), store);
   } else {
     const std::string host = lab ? NetnsCoordinatorIp() : "127.0.0.1";
@@ -556,8 +557,8 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
   const int ranks = config.site.ranks;
   for (int i = 0; i < o.workers; ++i) {
     // A site's ranks meet at a TCPStore that its rank 0 hosts (on the worker's own host in the lab).
-    const std::string site_store =
-        lab ? fmt::format("{}:29600", NetnsWorkerIp(i)) : fmt::format("127.0.0.1:{}", FreeLoopbackPort());
+    const std::string site_store = lab ? fmt::format("{}:29600", NetnsWorkerIp(i))
+                                       : fmt::format("127.0.0.1:{}", comm::FreeLoopbackPort());
     for (int rank = 0; rank < ranks; ++rank) {
       std::vector<std::string> args{"worker", "--worker-id", std::to_string(i), "--checkpoint-every",
                                     std::to_string(o.checkpoint_every)};

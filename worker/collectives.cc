@@ -176,6 +176,18 @@ Status DataParallelGroup::Broadcast(std::vector<uint8_t>* bytes) {
   return Status::Ok();
 }
 
+Status DataParallelGroup::Broadcast(int64_t* value) {
+  try {
+    std::vector<at::Tensor> t{torch::tensor({*value}, torch::kInt64)};
+    impl_->group->broadcast(t)->wait(impl_->timeout);
+    *value = t[0].item<int64_t>();
+    broadcast_bytes_ += sizeof(int64_t);
+  } catch (const std::exception& e) {
+    return Failed("broadcast", e);
+  }
+  return Status::Ok();
+}
+
 Status DataParallelGroup::CheckIdentical(uint64_t digest, const std::string& what) {
   std::vector<int64_t> all(static_cast<size_t>(size_));
   try {

@@ -56,6 +56,8 @@ class DataParallelGroup {
   // Rank 0's values (or bytes) replace every other rank's; the others are resized to fit.
   [[nodiscard]] Status Broadcast(std::vector<float>* values);
   [[nodiscard]] Status Broadcast(std::vector<uint8_t>* bytes);
+  // Rank 0's value replaces every other rank's: one collective (the vectors above take two).
+  [[nodiscard]] Status Broadcast(int64_t* value);
   // Fails on every rank (DataLoss naming the ranks that differ from rank 0) unless every rank passes
   // the same digest; `what` names the compared state in the error.
   [[nodiscard]] Status CheckIdentical(uint64_t digest, const std::string& what);

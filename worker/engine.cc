@@ -338,9 +338,9 @@ class StreamingWorker {
   StatusOr<bool> StopRequested() {
     bool stop = heartbeat_ && heartbeat_->shutdown_requested();
     if (!site_) return stop;
-    std::vector<uint8_t> flag{static_cast<uint8_t>(stop ? 1 : 0)};
+    int64_t flag = stop ? 1 : 0;
     LOWBAND_RETURN_IF_ERROR(site_->Broadcast(&flag));
-    return !flag.empty() && flag[0] != 0;
+    return flag != 0;
   }
 
   // The site's leader has joined (and holds the global state); it gives the other ranks the run's

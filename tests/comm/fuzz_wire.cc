@@ -52,17 +52,14 @@
 #include "proto/lowband.pb.h"
 #include "quant/codec.h"
 
+#include "tests/fuzz_require.h"
+
 namespace {
 
 using namespace lowband;
 using namespace lowband::coordinator;
 
-// Names the harness line of a violated invariant, then stops (libFuzzer saves the input).
-void Require(bool ok, int line = __builtin_LINE()) {
-  if (ok) return;
-  std::fprintf(stderr, "fuzz_wire.cc:%d: invariant violated\n", line);
-  __builtin_trap();
-}
+using lowband::testing::Require;
 
 constexpr uint64_t kMaxSeedValues = uint64_t{1} << 16;
 

@@ -53,17 +53,14 @@
 #include "quant/codec.h"
 #include "tests/coordinator/fake_worker.h"
 
+#include "tests/fuzz_require.h"
+
 namespace {
 
 using namespace lowband;
 using namespace lowband::coordinator;
 
-// Names the harness line of a violated invariant, then stops (libFuzzer saves the input).
-void Require(bool ok, int line = __builtin_LINE()) {
-  if (ok) return;
-  std::fprintf(stderr, "fuzz_core.cc:%d: invariant violated\n", line);
-  __builtin_trap();
-}
+using lowband::testing::Require;
 
 constexpr uint32_t kFragments = 3;
 constexpr int kMaxOps = 64;

@@ -2,9 +2,7 @@
 // processes and a generated corpus.
 #pragma once
 
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,22 +86,6 @@ class Background {
   pid_t pid_ = -1;
   std::optional<int> status_;
 };
-
-// A TCP port on 127.0.0.1 that was free a moment ago (bound and released).
-inline int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
 
 // Waits up to 30 s for a process to write a port number into `path`; 0 if none came.
 inline int ReadPortFile(const std::string& path) {

@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "comm/ports.h"
 #include "process_util.h"
 
 namespace lowband {
@@ -160,7 +161,7 @@ TEST_F(SiteTest, ARankThatDiesOrHangsMakesItsSiteFailWithAClearError) {
         (run / "coordinator.log").string());
     const int port = testing::ReadPortFile((run / "port").string());
     EXPECT_GT(port, 0) << ReadText((run / "coordinator.log").string());
-    const int store_port = testing::FreePort();
+    const int store_port = comm::FreeLoopbackPort();
     for (int r = 0; r < 2; ++r) {
       site.ranks[r] = std::make_unique<Background>(
           fmt::format(

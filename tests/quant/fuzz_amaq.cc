@@ -31,16 +31,13 @@
 #include "quant/amaq.h"
 #include "quant/codec.h"
 
+#include "tests/fuzz_require.h"
+
 namespace {
 
 using namespace lowband::quant;
 
-// Names the harness line of a violated invariant, then stops (libFuzzer saves the input).
-void Require(bool ok, int line = __builtin_LINE()) {
-  if (ok) return;
-  std::fprintf(stderr, "fuzz_amaq.cc:%d: invariant violated\n", line);
-  std::abort();
-}
+using lowband::testing::Require;
 
 // The CRC32C the encoder writes at offset 20: header with that field zeroed, then the body.
 void RestampCrc(std::vector<uint8_t>& p) {

@@ -10,7 +10,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "tests/integration/process_util.h"
+#include "comm/ports.h"
 #include "worker/model.h"
 
 namespace lowband::worker {
@@ -19,7 +19,7 @@ namespace {
 // Runs body(group) on `size` ranks at once, each in its own thread with its own group.
 void OnRanks(int size, std::chrono::milliseconds timeout,
              const std::function<void(DataParallelGroup&)>& body) {
-  const std::string store = "127.0.0.1:" + std::to_string(testing::FreePort());
+  const std::string store = "127.0.0.1:" + std::to_string(comm::FreeLoopbackPort());
   std::vector<std::thread> threads;
   for (int r = 0; r < size; ++r) {
     threads.emplace_back([&, r] {
@@ -100,6 +100,9 @@ TEST(DataParallelGroupTest, BroadcastGivesEveryRankRankZerosValuesAndBytes) {
     bytes = g.rank() == 0 ? std::vector<uint8_t>{0, 255, 9} : std::vector<uint8_t>{};
     ASSERT_TRUE(g.Broadcast(&bytes).ok());
     EXPECT_EQ(bytes, (std::vector<uint8_t>{0, 255, 9})) << "rank " << g.rank();
+    int64_t value = g.rank() == 0 ? -123456789012345 : g.rank();
+    ASSERT_TRUE(g.Broadcast(&value).ok());
+    EXPECT_EQ(value, -123456789012345) << "rank " << g.rank();
   });
 }
 
