@@ -8,8 +8,10 @@
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
 
 #include "comm/outer_update.h"
+#include "comm/tls.h"
 #include "comm/wire.h"
 #include "proto/lowband.grpc.pb.h"
 
@@ -35,6 +37,8 @@ struct CoordinatorClient::Impl {
   mutable std::mutex mu;
   // --- guarded by mu ---
   bool joined = false;
+  JoinParams join_params;    // for joining again after the coordinator forgot this worker
+  uint64_t incarnation = 0;  // the coordinator process's, from its last reply (0: none yet)
   v1::Caller caller;
   uint32_t chunk_bytes = kMaxChunkBytes;
   std::vector<uint64_t> fragment_elements;
@@ -47,6 +51,33 @@ struct CoordinatorClient::Impl {
   std::atomic<uint64_t> bootstrap_msg_sent{0}, bootstrap_msg_received{0};
   std::atomic<uint64_t> control_msg_sent{0}, control_msg_received{0};
   std::atomic<uint64_t> retries{0};
+  std::atomic<uint64_t> epoch{0};
+  std::atomic<uint64_t> rejoins{0};
+  std::atomic<uint64_t> joins_done{0};  // successful Joins, first included
+  std::mutex rejoin_mu;                 // one re-Join at a time
+
+  // A reply's incarnation: a new one means the coordinator restarted (from its checkpoint).
+  void SawIncarnation(uint64_t incarnation_seen) {
+    if (incarnation_seen == 0) return;
+    std::lock_guard<std::mutex> lock(mu);
+    if (incarnation != 0 && incarnation != incarnation_seen) ++epoch;
+    incarnation = incarnation_seen;
+  }
+
+  // The run's token on every call.
+  void Authorize(grpc::ClientContext& ctx) const {
+    std::lock_guard<std::mutex> lock(mu);
+    ctx.AddMetadata(kTokenMetadataKey, join_params.token);
+  }
+
+  v1::Caller CurrentCaller() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return caller;
+  }
+
+  StatusOr<JoinReply> DoJoin(const JoinParams& params);
+  // Joins again unless another thread did since `seen_joins`.
+  Status Rejoin(uint64_t seen_joins);
 
   void CountMessage(Traffic t, bool sent, const google::protobuf::Message& m) {
     const uint64_t n = m.ByteSizeLong() + kGrpcMessagePrefix;
@@ -78,17 +109,38 @@ struct CoordinatorClient::Impl {
   }
 
   // Runs `attempt` (grpc::ClientContext&) -> Status until it succeeds, fails with anything but
-  // UNAVAILABLE, runs out of attempts, or the call's deadline would pass during the backoff.
+  // UNAVAILABLE, runs out of attempts, or the call's deadline would pass during the backoff. A call
+  // that got through after UNAVAILABLE (the coordinator restarted or the link came back) starts a
+  // new epoch. With `rejoin`, a refusal saying this worker is not (or no longer) a member joins
+  // again once with the same nonce (the coordinator restores the same worker id) and retries.
   template <typename Attempt>
-  Status Call(const std::string& what, std::chrono::milliseconds deadline, Attempt&& attempt) {
+  Status Call(const std::string& what, std::chrono::milliseconds deadline, Attempt&& attempt,
+              bool rejoin = true) {
     const auto end = std::chrono::system_clock::now() + deadline;
     auto backoff = options.retry.initial_backoff;
+    bool unavailable = false;
+    int rejoins_left = 2;
     for (int i = 1;; ++i) {
+      const uint64_t seen_joins = joins_done.load();
       grpc::ClientContext ctx;
       ctx.set_deadline(end);
+      Authorize(ctx);
       Status s = attempt(ctx);
+      if (unavailable && s.code() != StatusCode::kUnavailable) {
+        unavailable = false;
+        ++epoch;  // the coordinator answers again: it may be a new process
+      }
       if (s.ok()) {
         return s;
+      }
+      if (rejoin && rejoins_left > 0 &&
+          (s.code() == StatusCode::kFailedPrecondition || s.code() == StatusCode::kPermissionDenied) &&
+          s.message().find("member") != std::string::npos) {
+        --rejoins_left;
+        if (Status r = Rejoin(seen_joins); !r.ok()) {
+          return r.WithContext(fmt::format("{}: refused ({}); joining again failed", what, s.message()));
+        }
+        continue;
       }
       const bool retry = s.code() == StatusCode::kUnavailable && i < options.retry.max_attempts &&
                          std::chrono::system_clock::now() + backoff < end;
@@ -103,6 +155,7 @@ struct CoordinatorClient::Impl {
         }
         return s.WithContext(what);
       }
+      unavailable = true;
       ++retries;
       std::this_thread::sleep_for(backoff);
       backoff = std::min(
@@ -133,7 +186,12 @@ StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(const st
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, static_cast<int>(options.retry.initial_backoff.count()));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(options.retry.max_backoff.count()));
-  impl->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  ApplyChannelArguments(options.tls, &args);
+  StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = MakeChannelCredentials(options.tls);
+  if (!credentials.ok()) {
+    return credentials.status().WithContext("connecting to the coordinator");
+  }
+  impl->channel = grpc::CreateCustomChannel(target, *credentials, args);
   impl->stub = v1::Coordinator::NewStub(impl->channel);
   std::random_device rd;
   while (impl->nonce == 0) {
@@ -149,8 +207,39 @@ StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(const st
   return std::unique_ptr<CoordinatorClient>(new CoordinatorClient(std::move(impl)));
 }
 
-StatusOr<JoinReply> CoordinatorClient::Join(const JoinParams& params) {
-  Impl& d = *impl_;
+StatusOr<JoinReply> CoordinatorClient::Join(const JoinParams& params) { return impl_->DoJoin(params); }
+
+Status CoordinatorClient::Impl::Rejoin(uint64_t seen_joins) {
+  std::lock_guard<std::mutex> serial(rejoin_mu);
+  if (joins_done.load() != seen_joins) return Status::Ok();  // another thread joined again meanwhile
+  JoinParams params;
+  uint64_t old_id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!joined) return FailedPrecondition("not joined");
+    params = join_params;
+    old_id = caller.worker_id();
+  }
+  StatusOr<JoinReply> r = DoJoin(params);
+  if (!r.ok()) return r.status();
+  ++rejoins;
+  ++epoch;
+  if (r->worker_id != old_id) {
+    // Only a coordinator that lost its record of this worker (a restart from a checkpoint older
+    // than the Join) gives another id; what this worker pushed under the old id is not recognised.
+    spdlog::warn("coordinator client: joined again as worker {} (was {})", r->worker_id, old_id);
+  } else {
+    spdlog::warn("coordinator client: the coordinator had dropped worker {}; joined again", old_id);
+  }
+  return Status::Ok();
+}
+
+StatusOr<JoinReply> CoordinatorClient::Impl::DoJoin(const JoinParams& params) {
+  Impl& d = *this;
+  {
+    std::lock_guard<std::mutex> lock(d.mu);
+    d.join_params = params;
+  }
   v1::JoinRequest req;
   req.set_protocol_version(kProtocolVersion);
   req.set_run_id(params.run_id);
@@ -160,14 +249,17 @@ StatusOr<JoinReply> CoordinatorClient::Join(const JoinParams& params) {
   req.set_host(params.host);
   req.set_join_nonce(d.nonce);
   v1::JoinReply rep;
-  const Status call = d.Call("Join", d.options.join_deadline, [&](grpc::ClientContext& ctx) {
-    d.CountMessage(Traffic::kControl, true, req);
-    Status s = FromGrpc(d.stub->Join(&ctx, req, &rep));
-    if (s.ok()) {
-      d.CountMessage(Traffic::kControl, false, rep);
-    }
-    return s;
-  });
+  const Status call = d.Call(
+      "Join", d.options.join_deadline,
+      [&](grpc::ClientContext& ctx) {
+        d.CountMessage(Traffic::kControl, true, req);
+        Status s = FromGrpc(d.stub->Join(&ctx, req, &rep));
+        if (s.ok()) {
+          d.CountMessage(Traffic::kControl, false, rep);
+        }
+        return s;
+      },
+      /*rejoin=*/false);
   if (!call.ok()) {
     return call;
   }
@@ -201,6 +293,7 @@ StatusOr<JoinReply> CoordinatorClient::Join(const JoinParams& params) {
   r.seeded = rep.seeded();
   r.max_chunk_bytes = rep.max_chunk_bytes();
   r.heartbeat_interval = std::chrono::milliseconds(rep.heartbeat_interval_ms());
+  r.incarnation = rep.incarnation();
   if (r.fragment_tensors.size() != r.num_fragments || r.open_rounds.size() != r.num_fragments) {
     return Internal(fmt::format("Join: malformed reply: {} fragments, {} assignments, {} open rounds",
                                 r.num_fragments, r.fragment_tensors.size(), r.open_rounds.size()));
@@ -215,6 +308,9 @@ StatusOr<JoinReply> CoordinatorClient::Join(const JoinParams& params) {
   }
   d.fragment_elements = r.fragment_elements;
   d.download_codec = r.download_codec;
+  if (d.incarnation != 0 && r.incarnation != 0 && r.incarnation != d.incarnation) ++d.epoch;
+  if (r.incarnation != 0) d.incarnation = r.incarnation;
+  ++d.joins_done;
   return r;
 }
 
@@ -229,6 +325,7 @@ StatusOr<bool> CoordinatorClient::SeedState(std::span<const float> all_parameter
   header.mutable_header()->set_crc32c(quant::Crc32c(bytes));
   bool accepted = false;
   const Status call = d.Call("SeedState", d.options.seed_deadline, [&](grpc::ClientContext& ctx) {
+    *header.mutable_header()->mutable_caller() = d.CurrentCaller();
     v1::SeedReply rep;
     auto writer = d.stub->SeedState(&ctx, &rep);
     bool open = writer->Write(header);
@@ -271,6 +368,7 @@ StatusOr<GlobalState> CoordinatorClient::Bootstrap() {
   *req.mutable_caller() = caller;
   GlobalState state;
   const Status call = d.Call("Bootstrap", d.options.bootstrap_deadline, [&](grpc::ClientContext& ctx) {
+    *req.mutable_caller() = d.CurrentCaller();
     d.CountMessage(Traffic::kBootstrap, true, req);
     auto reader = d.stub->Bootstrap(&ctx, req);
     v1::BootstrapMessage m;
@@ -357,6 +455,7 @@ StatusOr<HeartbeatReply> CoordinatorClient::Heartbeat(const HeartbeatInfo& info)
   req.set_bytes_received(d.sync_payload_received.load() + d.bootstrap_payload_received.load());
   v1::HeartbeatReply rep;
   const Status call = d.Call("Heartbeat", d.options.control_deadline, [&](grpc::ClientContext& ctx) {
+    *req.mutable_caller() = d.CurrentCaller();
     d.CountMessage(Traffic::kControl, true, req);
     Status s = FromGrpc(d.stub->Heartbeat(&ctx, req, &rep));
     if (s.ok()) {
@@ -374,6 +473,7 @@ StatusOr<HeartbeatReply> CoordinatorClient::Heartbeat(const HeartbeatInfo& info)
   r.live_members = rep.live_members();
   r.seeded = rep.seeded();
   r.ready_members = rep.ready_members();
+  d.SawIncarnation(rep.incarnation());
   return r;
 }
 
@@ -392,6 +492,7 @@ StatusOr<PushReply> CoordinatorClient::PushFragment(uint32_t fragment, uint64_t 
   PushReply r;
   const std::string what = fmt::format("PushFragment(fragment {}, round {})", fragment, round);
   const Status call = d.Call(what, d.options.push_deadline, [&](grpc::ClientContext& ctx) {
+    *h->mutable_caller() = d.CurrentCaller();
     v1::PushReply rep;
     auto writer = d.stub->PushFragment(&ctx, &rep);
     bool open = writer->Write(header);
@@ -443,6 +544,7 @@ StatusOr<std::vector<uint8_t>> CoordinatorClient::GetUpdate(uint32_t fragment, u
   std::vector<uint8_t> payload;
   const std::string what = fmt::format("GetUpdate(fragment {}, round {})", fragment, round);
   const Status call = d.Call(what, timeout + d.options.update_deadline, [&](grpc::ClientContext& ctx) {
+    *req.mutable_caller() = d.CurrentCaller();
     d.CountMessage(Traffic::kSync, true, req);
     auto reader = d.stub->GetUpdate(&ctx, req);
     v1::UpdateMessage m;
@@ -504,15 +606,19 @@ Status CoordinatorClient::Leave(const std::string& reason) {
   v1::LeaveRequest req;
   *req.mutable_caller() = caller;
   req.set_reason(reason);
-  return d.Call("Leave", d.options.control_deadline, [&](grpc::ClientContext& ctx) {
-    v1::LeaveReply rep;
-    d.CountMessage(Traffic::kControl, true, req);
-    Status s = FromGrpc(d.stub->Leave(&ctx, req, &rep));
-    if (s.ok()) {
-      d.CountMessage(Traffic::kControl, false, rep);
-    }
-    return s;
-  });
+  return d.Call(
+      "Leave", d.options.control_deadline,
+      [&](grpc::ClientContext& ctx) {
+        *req.mutable_caller() = d.CurrentCaller();
+        v1::LeaveReply rep;
+        d.CountMessage(Traffic::kControl, true, req);
+        Status s = FromGrpc(d.stub->Leave(&ctx, req, &rep));
+        if (s.ok()) {
+          d.CountMessage(Traffic::kControl, false, rep);
+        }
+        return s;
+      },
+      /*rejoin=*/false);
 }
 
 uint64_t CoordinatorClient::worker_id() const {
@@ -534,7 +640,10 @@ TrafficCounters CoordinatorClient::traffic() const {
   t.control_message_bytes_sent = d.control_msg_sent.load();
   t.control_message_bytes_received = d.control_msg_received.load();
   t.retries = d.retries.load();
+  t.rejoins = d.rejoins.load();
   return t;
 }
+
+uint64_t CoordinatorClient::epoch() const { return impl_->epoch.load(); }
 
 }  // namespace lowband::comm

@@ -1,9 +1,11 @@
 // CoordinatorClient: what a worker uses to talk to the coordinator (lowband.v1.Coordinator over
 // gRPC), with plain C++ types only.
 //
-// Every call is synchronous and carries a deadline (ClientOptions). Calls that fail with
-// UNAVAILABLE (coordinator not reachable, restarting, shutting down) are retried with exponential
-// backoff inside the call's deadline; every call is safe to retry: Join carries a per-client nonce
+// Every call is synchronous and carries a deadline (ClientOptions) and the run's token (metadata).
+// Calls that fail with UNAVAILABLE (coordinator not reachable, restarting, shutting down) are
+// retried with exponential backoff inside the call's deadline; a call refused because the
+// coordinator no longer knows this worker (it expired, or the coordinator restarted) joins again
+// and is retried once; every call is safe to retry: Join carries a per-client nonce
 // (a retried Join returns the same membership), SeedState of identical values is accepted again,
 // and a repeated push of the same (fragment, round) is acknowledged as a duplicate and applied
 // once. Other errors come back at once as a Status with the coordinator's message (see the code
@@ -32,16 +34,19 @@
 
 #include "comm/schedule.h"
 #include "comm/signature.h"
+#include "comm/tls.h"
 #include "quant/codec.h"
 #include "quant/status.h"
 
 namespace lowband::comm {
 
 struct RetryPolicy {
-  // Attempts per call, the first included (1 = no retries).
-  int max_attempts = 6;
+  // Attempts per call, the first included (1 = no retries). The call's deadline bounds them too:
+  // with the defaults a call keeps trying (backoff up to 2 s) for as long as its deadline allows,
+  // which is what rides out a coordinator restart.
+  int max_attempts = 1000;
   std::chrono::milliseconds initial_backoff{100};
-  std::chrono::milliseconds max_backoff{5'000};
+  std::chrono::milliseconds max_backoff{2'000};
   double multiplier = 2.0;
 };
 
@@ -63,6 +68,8 @@ struct ClientOptions {
   RetryPolicy retry;
   // Chunk size for uploads; the coordinator's JoinReply::max_chunk_bytes caps it.
   uint32_t max_chunk_bytes = 1u << 20;
+  // TLS to the coordinator (empty: plaintext).
+  TlsClientFiles tls;
 };
 
 struct JoinParams {
@@ -97,6 +104,7 @@ struct JoinReply {
   bool seeded = false;
   uint32_t max_chunk_bytes = 0;
   std::chrono::milliseconds heartbeat_interval{0};
+  uint64_t incarnation = 0;  // the coordinator process's (see epoch())
 };
 
 struct GlobalState {
@@ -138,6 +146,7 @@ struct TrafficCounters {
   uint64_t control_message_bytes_sent = 0;
   uint64_t control_message_bytes_received = 0;
   uint64_t retries = 0;  // attempts beyond the first, all calls
+  uint64_t rejoins = 0;  // Joins again after the coordinator had dropped this worker
 };
 
 class CoordinatorClient {
@@ -168,6 +177,11 @@ class CoordinatorClient {
 
   // 0 before Join.
   uint64_t worker_id() const;
+  // Counts the events after which the coordinator may have lost what this worker pushed to rounds
+  // still open: a call that got through only after UNAVAILABLE, a reply from a new coordinator
+  // process (a restart from its checkpoint), a Join again. Whoever holds contributions without
+  // their update pushes them again when it changes (duplicates are recognised and applied once).
+  uint64_t epoch() const;
   TrafficCounters traffic() const;
 
  private:

@@ -11,14 +11,14 @@
 
 namespace lowband::comm {
 
-StatusOr<MetricsLog> MetricsLog::Open(const std::string& path) {
+StatusOr<MetricsLog> MetricsLog::Open(const std::string& path, bool append) {
   MetricsLog log;
   if (path.empty()) return log;
   std::error_code ec;
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
   if (ec) return Unavailable("cannot create '" + parent.string() + "' for metrics: " + ec.message());
-  log.file_ = std::fopen(path.c_str(), "w");
+  log.file_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!log.file_) return Unavailable("cannot open metrics file '" + path + "' for writing");
   return log;
 }

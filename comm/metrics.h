@@ -16,8 +16,9 @@ namespace lowband::comm {
 
 class MetricsLog {
  public:
-  // Opens (truncating) `path`, creating its directory; an empty path discards every record.
-  static StatusOr<MetricsLog> Open(const std::string& path);
+  // Opens (truncating, or appending with `append`) `path`, creating its directory; an empty path
+  // discards every record.
+  static StatusOr<MetricsLog> Open(const std::string& path, bool append = false);
   MetricsLog() = default;
   MetricsLog(MetricsLog&& other) noexcept : file_(other.file_) { other.file_ = nullptr; }
   MetricsLog& operator=(MetricsLog&& other) noexcept;

@@ -24,6 +24,8 @@ inline constexpr uint32_t kMaxChunkBytes = 1u << 20;
 // gRPC message size limit on both sides: a chunk plus its envelope, with room for a JoinReply of
 // a model with very many tensors.
 inline constexpr int kMaxMessageBytes = 16 << 20;
+// Call metadata that carries the run's token on every call (keys are lower case in gRPC).
+inline constexpr const char* kTokenMetadataKey = "x-lowband-token";
 
 void ToProto(const ModelSignature& signature, v1::ModelSignature* out);
 ModelSignature FromProto(const v1::ModelSignature& signature);

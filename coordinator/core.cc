@@ -135,6 +135,15 @@ Status Validate(const CoordinatorOptions& o) {
   if (o.retained_rounds == 0) {
     return InvalidArgument("retained_rounds must be at least 1, got 0");
   }
+  if (o.max_members == 0) {
+    return InvalidArgument("max_members must be at least 1, got 0");
+  }
+  if (o.max_parameters == 0) {
+    return InvalidArgument("max_parameters must be at least 1, got 0");
+  }
+  if (o.checkpoint_every > 0 && !o.on_checkpoint) {
+    return InvalidArgument("checkpoint_every is set but there is no on_checkpoint to hand snapshots to");
+  }
   LOWBAND_RETURN_IF_ERROR(Validate(o.outer));
   Status s = quant::Validate(o.upload_codec);
   if (!s.ok()) {
@@ -160,11 +169,21 @@ StatusOr<std::unique_ptr<CoordinatorCore>> CoordinatorCore::Create(CoordinatorOp
   return core;
 }
 
+StatusOr<std::unique_ptr<CoordinatorCore>> CoordinatorCore::Restore(CoordinatorOptions options,
+                                                                    const CoordinatorSnapshot& snapshot) {
+  LOWBAND_ASSIGN_OR_RETURN(std::unique_ptr<CoordinatorCore> core, Create(std::move(options)));
+  std::lock_guard<std::mutex> lock(core->mu_);
+  LOWBAND_RETURN_IF_ERROR(
+      core->RestoreLocked(snapshot).WithContext("restoring the coordinator's checkpoint"));
+  return core;
+}
+
 CoordinatorCore::CoordinatorCore(CoordinatorOptions options)
     : options_(std::move(options)),
       clock_(options_.clock != nullptr ? options_.clock : &SteadyClock::Instance()),
       optimizer_(options_.outer),
-      session_rng_(std::random_device{}()) {}
+      session_rng_(std::random_device{}()),
+      incarnation_(Mix(session_rng_()) | 1) {}
 
 CoordinatorCore::~CoordinatorCore() {
   CancelAllWaits(Unavailable("the coordinator core is being destroyed"));
@@ -191,7 +210,7 @@ StatusOr<CoordinatorCore::Member*> CoordinatorCore::AuthenticateLocked(const Wor
   Member& m = *it->second;
   if (m.session != key.session) {
     return RefuseLocked(nullptr,
-                        PermissionDenied(fmt::format("{}: the session key does not match worker {}'s; "
+                        PermissionDenied(fmt::format("{}: the session key does not match member {}'s; "
                                                      "use the worker id and session from your own "
                                                      "JoinReply",
                                                      call, key.worker_id)));
@@ -210,6 +229,13 @@ StatusOr<CoordinatorCore::Member*> CoordinatorCore::AuthenticateLocked(const Wor
 
 Status CoordinatorCore::SetSignatureLocked(const comm::ModelSignature& signature) {
   LOWBAND_RETURN_IF_ERROR(comm::ValidateSignature(signature));
+  if (signature.total_elements() > options_.max_parameters) {
+    return Status(StatusCode::kResourceExhausted,
+                  fmt::format("the model has {} parameters, more than this coordinator's limit of {} "
+                              "(max_parameters: it holds four fp32 copies); raise the limit if the "
+                              "model is meant to be this large",
+                              signature.total_elements(), options_.max_parameters));
+  }
   LOWBAND_ASSIGN_OR_RETURN(comm::FragmentLayout layout,
                            comm::FragmentLayout::Create(signature, options_.layout));
   fragments_.clear();
@@ -292,19 +318,38 @@ StatusOr<JoinResult> CoordinatorCore::Join(const JoinRequest& request) {
   Member* member = nullptr;
   if (request.join_nonce != 0) {
     for (auto& [id, m] : members_) {
-      if (m->live && m->nonce == request.join_nonce) {
+      if (m->nonce == request.join_nonce) {
         member = m.get();
       }
     }
   }
-  if (member == nullptr) {
-    auto m = std::make_unique<Member>();
-    m->id = next_worker_id_++;
+  if (member == nullptr || !member->live) {
+    if (LiveMembersLocked() >= options_.max_members) {
+      return RefuseLocked(nullptr, Status(StatusCode::kResourceExhausted,
+                                          fmt::format("run '{}' has {} live members, this coordinator's "
+                                                      "limit (max_members); wait for one to leave or "
+                                                      "raise the limit",
+                                                      options_.run_id, options_.max_members)));
+    }
+  }
+  const bool rejoin = member != nullptr && !member->live;
+  if (member == nullptr || rejoin) {
+    std::unique_ptr<Member> fresh;
+    Member* m = member;
+    if (m == nullptr) {
+      fresh = std::make_unique<Member>();
+      m = fresh.get();
+      m->id = next_worker_id_++;
+      m->nonce = request.join_nonce;
+    }
+    // A member that left or expired comes back under its id (so a contribution it made before is
+    // still recognised as its own) with a new session key.
     do {
       m->session = session_rng_();
     } while (m->session == 0);
-    m->nonce = request.join_nonce;
-    m->expected_from.resize(fragments_.size(), 0);
+    m->live = true;
+    m->ready = m->ready && rejoin;  // the same worker coming back has passed the start barrier
+    m->expected_from.assign(fragments_.size(), 0);
     for (size_t p = 0; p < fragments_.size(); ++p) {
       // A round that already has contributions is well under way: do not make it wait for a
       // newcomer that still has to bootstrap (it may still contribute while the round is open).
@@ -317,11 +362,15 @@ StatusOr<JoinResult> CoordinatorCore::Join(const JoinRequest& request) {
     stats.host = request.host;
     stats.joined_at = now;
     stats.live = true;
-    member = m.get();
-    members_[m->id] = std::move(m);
-    ++counters_.joins;
-    spdlog::info("coordinator: worker {} ('{}' on {}) joined run '{}' ({} live)", member->id,
-                 request.worker_name, request.host, options_.run_id, LiveMembersLocked());
+    member = m;
+    if (fresh) {
+      members_[m->id] = std::move(fresh);
+      ++counters_.joins;
+    } else {
+      ++counters_.rejoins;
+    }
+    spdlog::info("coordinator: worker {} ('{}' on {}) {} run '{}' ({} live)", member->id, request.worker_name,
+                 request.host, rejoin ? "joined again" : "joined", options_.run_id, LiveMembersLocked());
   }
   member->last_seen = now;
   worker_stats_[member->id].last_seen = now;
@@ -344,6 +393,7 @@ StatusOr<JoinResult> CoordinatorCore::Join(const JoinRequest& request) {
   r.must_seed = !seeded_ && seeder_ == member->id;
   r.seeded = seeded_;
   r.heartbeat_interval = options_.heartbeat_interval;
+  r.incarnation = incarnation_;
   return r;
 }
 
@@ -407,11 +457,24 @@ StatusOr<HeartbeatResult> CoordinatorCore::Heartbeat(const HeartbeatInfo& info) 
   r.open_rounds = OpenRoundsLocked();
   r.live_members = LiveMembersLocked();
   r.seeded = seeded_;
+  r.incarnation = incarnation_;
   m->ready = m->ready || info.ready;
   for (const auto& [id, member] : members_) {
     r.ready_members += (member->live && member->ready) ? 1 : 0;
   }
   return r;
+}
+
+Status CoordinatorCore::CheckToken(std::string_view token, const char* call) {
+  if (ConstantTimeEquals(token, options_.token)) {
+    return Status::Ok();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  return RefuseLocked(nullptr,
+                      Status(StatusCode::kUnauthenticated,
+                             fmt::format("{}: the call does not carry run '{}''s token (metadata {}); "
+                                         "start the worker with the run's token",
+                                         call, options_.run_id, "x-lowband-token")));
 }
 
 Status CoordinatorCore::CheckMember(const WorkerKey& key, const char* call) {
@@ -770,6 +833,26 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
   if (at_deadline) {
     ++counters_.rounds_closed_at_deadline;
   }
+  fs.closed.push_back(std::move(closed));
+  while (fs.closed.size() > options_.retained_rounds) {
+    fs.closed.pop_front();
+  }
+  const ClosedRound& done = fs.closed.back();
+  // The checkpoint goes before the waiters' notifications: they run in order once mu_ is released.
+  if (options_.checkpoint_every > 0 && ++closes_since_checkpoint_ >= options_.checkpoint_every) {
+    closes_since_checkpoint_ = 0;
+    notes.Add([write = options_.on_checkpoint,
+               snapshot = std::make_shared<CoordinatorSnapshot>(SnapshotLocked())] { write(*snapshot); });
+  }
+  if (options_.on_round_closed) {
+    RoundRecord record{fragment,
+                       round,
+                       n,
+                       at_deadline,
+                       done.failure.ok() ? "" : done.failure.message(),
+                       comm::CrcOfFloats(fs.global)};
+    notes.Add([tell = options_.on_round_closed, record = std::move(record)] { tell(record); });
+  }
 
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     Waiter& w = *it->second;
@@ -777,20 +860,15 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
       ++it;
       continue;
     }
-    if (closed.failure.ok()) {
-      const uint64_t bytes = closed.update.payload->size();
+    if (done.failure.ok()) {
+      const uint64_t bytes = done.update.payload->size();
       counters_.sync_bytes_out += bytes;
       worker_stats_[w.worker_id].sync_bytes_out += bytes;
-      notes.Add([cb = std::move(w.on_update), u = closed.update] { cb(u); });
+      notes.Add([cb = std::move(w.on_update), u = done.update] { cb(u); });
     } else {
-      notes.Add([cb = std::move(w.on_update), s = closed.failure] { cb(s); });
+      notes.Add([cb = std::move(w.on_update), s = done.failure] { cb(s); });
     }
     it = waiters_.erase(it);
-  }
-
-  fs.closed.push_back(std::move(closed));
-  while (fs.closed.size() > options_.retained_rounds) {
-    fs.closed.pop_front();
   }
 }
 
@@ -994,18 +1072,162 @@ std::vector<uint32_t> CoordinatorCore::GlobalStateCrc() const {
 
 CoordinatorSnapshot CoordinatorCore::Snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
+  return SnapshotLocked();
+}
+
+CoordinatorSnapshot CoordinatorCore::SnapshotLocked() const {
   CoordinatorSnapshot s;
   s.run_id = options_.run_id;
+  s.sequence = counters_.rounds_closed;
   s.signature = signature_;
   s.layout = options_.layout;
   s.seeded = seeded_;
+  s.seed_crc = seed_crc_;
   if (seeded_) {
     for (const auto& fs : fragments_) {
-      s.fragments.push_back({fs->global, fs->momentum, fs->open_round});
+      FragmentSnapshot f{fs->global, fs->momentum, fs->open_round, {}};
+      for (const ClosedRound& c : fs->closed) {
+        ClosedRoundSnapshot r;
+        r.round = c.round;
+        r.contributors = c.contributors;
+        r.contributions = static_cast<uint32_t>(c.contributors.size());
+        if (c.failure.ok()) {
+          r.payload = *c.update.payload;
+        } else {
+          r.failure = c.failure.message();
+        }
+        f.closed.push_back(std::move(r));
+      }
+      s.fragments.push_back(std::move(f));
     }
   }
+  for (const auto& [id, m] : members_) {
+    const WorkerStats& stats = worker_stats_.at(id);
+    s.members.push_back(
+        {m->id, m->session, m->nonce, stats.name, stats.host, m->live, m->ready, m->expected_from});
+  }
+  s.next_worker_id = next_worker_id_;
   s.counters = counters_;
   return s;
+}
+
+Status CoordinatorCore::RestoreLocked(const CoordinatorSnapshot& s) {
+  if (s.run_id != options_.run_id) {
+    return FailedPrecondition(
+        fmt::format("the checkpoint is of run '{}', this coordinator serves run '{}'; "
+                    "use that run's id or another checkpoint directory",
+                    s.run_id, options_.run_id));
+  }
+  if (s.layout.num_fragments != options_.layout.num_fragments ||
+      s.layout.nonblock != options_.layout.nonblock) {
+    return FailedPrecondition(fmt::format(
+        "the checkpoint's run has {} fragments (non-block parameters: {}), this coordinator is set to {} "
+        "({}); keep the run's --fragments and diloco.nonblock",
+        s.layout.num_fragments, comm::NonBlockPolicyName(s.layout.nonblock), options_.layout.num_fragments,
+        comm::NonBlockPolicyName(options_.layout.nonblock)));
+  }
+  if (s.signature) {
+    if (signature_) {
+      LOWBAND_RETURN_IF_ERROR(comm::CompareSignatures(*signature_, *s.signature));
+    } else {
+      LOWBAND_RETURN_IF_ERROR(SetSignatureLocked(*s.signature));
+    }
+  } else if (s.seeded) {
+    return DataLoss("the checkpoint says the state was seeded but carries no model signature");
+  }
+  if (s.seeded != !s.fragments.empty() || (s.seeded && s.fragments.size() != fragments_.size())) {
+    return DataLoss(fmt::format("the checkpoint holds {} fragments of global state for a run of {} fragments",
+                                s.fragments.size(), fragments_.size()));
+  }
+  for (uint32_t p = 0; p < s.fragments.size(); ++p) {
+    const FragmentSnapshot& f = s.fragments[p];
+    FragmentState& fs = *fragments_[p];
+    if (f.global.size() != fs.elements || f.momentum.size() != fs.elements) {
+      return DataLoss(
+          fmt::format("fragment {} has {} values, the checkpoint {} global and {} momentum values", p,
+                      fs.elements, f.global.size(), f.momentum.size()));
+    }
+    if (quant::FirstNonFinite(f.global) != f.global.size() ||
+        quant::FirstNonFinite(f.momentum) != f.momentum.size()) {
+      return DataLoss(fmt::format("fragment {} of the checkpoint holds NaN/Inf", p));
+    }
+    fs.global = f.global;
+    fs.momentum = f.momentum;
+    fs.accumulator.assign(fs.elements, 0.0f);
+    fs.scratch.assign(fs.elements, 0.0f);
+    fs.open_round = f.open_round;
+    fs.contributors.clear();
+    fs.deadline.reset();
+    fs.overdue_reported = false;
+    fs.closed.clear();
+    uint64_t previous = 0;
+    for (const ClosedRoundSnapshot& c : f.closed) {
+      if (c.round >= f.open_round || (!fs.closed.empty() && c.round <= previous)) {
+        return DataLoss(
+            fmt::format("fragment {}: retained round {} is not below the open round {} or out of order", p,
+                        c.round, f.open_round));
+      }
+      previous = c.round;
+      ClosedRound r;
+      r.round = c.round;
+      r.contributors = c.contributors;
+      if (!c.failure.empty()) {
+        r.failure = Internal(c.failure);
+      } else {
+        StatusOr<quant::PayloadInfo> info = quant::Inspect(c.payload);
+        if (!info.ok() || info->element_count != fs.elements) {
+          return DataLoss(
+              fmt::format("fragment {}: the retained update of round {} is not a valid payload of {} "
+                          "values",
+                          p, c.round, fs.elements));
+        }
+        r.update.fragment = p;
+        r.update.round = c.round;
+        r.update.contributions = c.contributions;
+        r.update.crc32c = quant::Crc32c(c.payload);
+        r.update.payload = std::make_shared<const std::vector<uint8_t>>(c.payload);
+      }
+      fs.closed.push_back(std::move(r));
+    }
+  }
+  seeded_ = s.seeded;
+  seed_crc_ = s.seed_crc;
+  const SteadyTime now = Now();
+  uint64_t next_id = s.next_worker_id;
+  for (const MemberSnapshot& ms : s.members) {
+    if (ms.id == 0 || members_.count(ms.id) > 0 ||
+        (s.seeded && ms.expected_from.size() != fragments_.size())) {
+      return DataLoss(fmt::format("member {} of the checkpoint is malformed or repeated", ms.id));
+    }
+    auto m = std::make_unique<Member>();
+    m->id = ms.id;
+    m->session = ms.session;
+    m->nonce = ms.nonce;
+    m->live = ms.live;
+    m->ready = ms.ready;
+    // One heartbeat_timeout more than usual to come back: a worker reconnecting to a restarted
+    // coordinator waits out gRPC's reconnect backoff first.
+    m->last_seen = now + options_.heartbeat_timeout;
+    m->expected_from = ms.expected_from;
+    m->expected_from.resize(fragments_.size(), 0);
+    WorkerStats& stats = worker_stats_[ms.id];
+    stats.worker_id = ms.id;
+    stats.name = ms.name;
+    stats.host = ms.host;
+    stats.live = ms.live;
+    stats.joined_at = now;
+    stats.last_seen = now;
+    next_id = std::max(next_id, ms.id + 1);
+    members_[ms.id] = std::move(m);
+  }
+  next_worker_id_ = next_id;
+  counters_ = s.counters;
+  spdlog::info(
+      "coordinator: restored run '{}' at {} closed rounds ({} members, {} of them live; they have {:.0f} s "
+      "to call again)",
+      options_.run_id, counters_.rounds_closed, members_.size(), LiveMembersLocked(),
+      2 * Seconds(options_.heartbeat_timeout));
+  return Status::Ok();
 }
 
 }  // namespace lowband::coordinator

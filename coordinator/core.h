@@ -51,6 +51,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "comm/schedule.h"
@@ -61,6 +62,19 @@
 #include "quant/status.h"
 
 namespace lowband::coordinator {
+
+struct CoordinatorSnapshot;
+
+// One closed round, for logs: what it was made of and the CRC32C of the fragment's global state
+// after it (a worker that applied every update up to this round holds exactly that state).
+struct RoundRecord {
+  uint32_t fragment = 0;
+  uint64_t round = 0;
+  uint32_t contributions = 0;
+  bool at_deadline = false;
+  std::string failure;  // "" unless the round failed (the global state did not move)
+  uint32_t global_crc = 0;
+};
 
 struct CoordinatorOptions {
   // Workers must present this run id; it keeps workers of different runs apart.
@@ -96,6 +110,24 @@ struct CoordinatorOptions {
   uint32_t retained_rounds = 4;
   // Time source; nullptr means the steady clock. Not owned.
   const Clock* clock = nullptr;
+
+  // --- Limits (a Join or signature beyond them is refused with RESOURCE_EXHAUSTED).
+  // Live members at most.
+  uint32_t max_members = 1024;
+  // Largest model (fp32 values, every parameter) accepted as the run's signature: the core holds
+  // four fragment-sized buffers of it.
+  uint64_t max_parameters = uint64_t{1} << 32;
+
+  // --- Durability. Every `checkpoint_every` closed rounds (over all fragments; 0: never) the core
+  // hands a snapshot to on_checkpoint, on the thread that closed the round, after mu_ is released
+  // and before that round's waiters get its update (so with checkpoint_every = 1 an update reaches
+  // a worker only once the coordinator process has written it). on_checkpoint must be thread safe
+  // (two rounds may close at once on two threads: compare CoordinatorSnapshot::sequence).
+  uint32_t checkpoint_every = 0;
+  std::function<void(const CoordinatorSnapshot&)> on_checkpoint;
+  // Told of every closed round (after its checkpoint, before its waiters), with mu_ released, on
+  // the thread that closed it; must be thread safe. Optional.
+  std::function<void(const RoundRecord&)> on_round_closed;
 };
 
 // Checks every field; the message names the bad one.
@@ -132,6 +164,9 @@ struct JoinResult {
   bool must_seed = false;
   bool seeded = false;
   std::chrono::milliseconds heartbeat_interval{0};
+  // Random per coordinator process (a restored one has a new one): a worker that sees it change
+  // pushes again what it has not got an update for (the open rounds' contributions are not kept).
+  uint64_t incarnation = 0;
 };
 
 struct SeedResult {
@@ -164,6 +199,7 @@ struct HeartbeatResult {
   bool seeded = false;
   // Live members that have said ready (HeartbeatInfo::ready) since they joined.
   uint32_t ready_members = 0;
+  uint64_t incarnation = 0;  // as JoinResult::incarnation
 };
 
 struct PushResult {
@@ -182,6 +218,7 @@ struct UpdatePayload {
 
 struct CoordinatorCounters {
   uint64_t joins = 0;
+  uint64_t rejoins = 0;  // a Join with the nonce of a member that had left or expired: same id
   uint64_t leaves = 0;
   uint64_t expirations = 0;    // members dropped for missing heartbeats
   uint64_t rounds_closed = 0;  // all fragments
@@ -230,18 +267,43 @@ struct RoundStatus {
   uint64_t accumulator_bytes = 0;      // bytes of aggregation state held for the open round
 };
 
-// Plain copy of everything a checkpoint needs to resume a run.
+// Plain copy of everything a checkpoint needs to resume a run (coordinator/checkpoint.h writes
+// and reads it). The open rounds' contributions are not part of it: after a restore every open
+// round starts empty and the members push again (duplicates are recognised per worker id).
+struct ClosedRoundSnapshot {
+  uint64_t round = 0;
+  uint32_t contributions = 0;
+  std::vector<uint64_t> contributors;
+  std::vector<uint8_t> payload;  // the encoded update; empty when the round failed
+  std::string failure;           // why the round failed ("" when it did not)
+};
 struct FragmentSnapshot {
   std::vector<float> global;
   std::vector<float> momentum;
   uint64_t open_round = 0;
+  std::vector<ClosedRoundSnapshot> closed;  // retained rounds, oldest first
+};
+struct MemberSnapshot {
+  uint64_t id = 0;
+  uint64_t session = 0;
+  uint64_t nonce = 0;
+  std::string name;
+  std::string host;
+  bool live = false;
+  bool ready = false;
+  std::vector<uint64_t> expected_from;  // per fragment
 };
 struct CoordinatorSnapshot {
   std::string run_id;
+  // Orders snapshots of one run (counters.rounds_closed when it was taken).
+  uint64_t sequence = 0;
   std::optional<comm::ModelSignature> signature;
   comm::LayoutOptions layout;
   bool seeded = false;
+  uint32_t seed_crc = 0;
   std::vector<FragmentSnapshot> fragments;  // empty before seeding
+  std::vector<MemberSnapshot> members;      // every member ever joined
+  uint64_t next_worker_id = 1;
   CoordinatorCounters counters;
 };
 
@@ -252,6 +314,13 @@ class CoordinatorCore {
   using SeededCallback = std::function<void(Status)>;
 
   static StatusOr<std::unique_ptr<CoordinatorCore>> Create(CoordinatorOptions options);
+  // A core that continues the run `snapshot` was taken of: the same global state, momentum, open
+  // rounds (empty), retained updates, counters and members (ids, sessions and join nonces), so
+  // workers go on with the keys they hold. Members that were live get twice heartbeat_timeout
+  // from now to call again. Refuses a snapshot of another run id or fragment layout, or one that is not
+  // self-consistent (sizes, rounds), naming what differs.
+  static StatusOr<std::unique_ptr<CoordinatorCore>> Restore(CoordinatorOptions options,
+                                                            const CoordinatorSnapshot& snapshot);
 
   CoordinatorCore(const CoordinatorCore&) = delete;
   CoordinatorCore& operator=(const CoordinatorCore&) = delete;
@@ -264,6 +333,9 @@ class CoordinatorCore {
   // Idempotent: leaving twice is OK. Rounds stop waiting for the member.
   Status Leave(const WorkerKey& key);
   StatusOr<HeartbeatResult> Heartbeat(const HeartbeatInfo& info);
+  // OK when `token` is the run's (constant-time compare); UNAUTHENTICATED (counted) otherwise.
+  // The transport checks it on every call.
+  Status CheckToken(std::string_view token, const char* call);
   // OK when `key` is a live member (refreshes its liveness); the refusal otherwise. Lets a
   // transport refuse a stream before its bytes arrive.
   Status CheckMember(const WorkerKey& key, const char* call);
@@ -320,6 +392,7 @@ class CoordinatorCore {
   // mean bit-identical values.
   std::vector<uint32_t> GlobalStateCrc() const;
   CoordinatorSnapshot Snapshot() const;
+  uint64_t incarnation() const { return incarnation_; }
 
  private:
   struct Member;
@@ -336,6 +409,8 @@ class CoordinatorCore {
   StatusOr<Member*> AdmitPushLocked(const WorkerKey& key, uint32_t fragment);
   Status RefuseLocked(Member* member, Status status);
   Status SetSignatureLocked(const comm::ModelSignature& signature);
+  Status RestoreLocked(const CoordinatorSnapshot& snapshot);
+  CoordinatorSnapshot SnapshotLocked() const;
   Status CheckFragmentLocked(uint32_t fragment) const;
   // OK(nullopt): the round is open; OK(update): closed and kept; error otherwise.
   StatusOr<std::optional<UpdatePayload>> LookupUpdateLocked(uint32_t fragment, uint64_t round) const;
@@ -371,7 +446,9 @@ class CoordinatorCore {
   std::string shutdown_reason_;
   uint64_t next_worker_id_ = 1;
   WaitId next_wait_id_ = 1;
+  uint32_t closes_since_checkpoint_ = 0;
   std::mt19937_64 session_rng_;
+  const uint64_t incarnation_;
 };
 
 }  // namespace lowband::coordinator

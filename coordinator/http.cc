@@ -10,6 +10,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include "coordinator/checkpoint.h"
+
 namespace lowband::coordinator {
 namespace {
 
@@ -85,21 +87,7 @@ nlohmann::json StatusJson(const CoordinatorCore& core) {
                    {"quorum", o.quorum},
                    {"upload_codec", quant::FormatName(o.upload_codec.format)},
                    {"download_codec", quant::FormatName(o.download_codec.format)}};
-  j["counters"] = {{"joins", c.joins},
-                   {"leaves", c.leaves},
-                   {"expirations", c.expirations},
-                   {"rounds_closed", c.rounds_closed},
-                   {"rounds_closed_at_deadline", c.rounds_closed_at_deadline},
-                   {"rounds_overdue", c.rounds_overdue},
-                   {"rounds_failed", c.rounds_failed},
-                   {"contributions", c.contributions},
-                   {"duplicate_pushes", c.duplicate_pushes},
-                   {"late_pushes", c.late_pushes},
-                   {"refusals", c.refusals},
-                   {"sync_bytes_in", c.sync_bytes_in},
-                   {"sync_bytes_out", c.sync_bytes_out},
-                   {"bootstrap_bytes_in", c.bootstrap_bytes_in},
-                   {"bootstrap_bytes_out", c.bootstrap_bytes_out}};
+  j["counters"] = CountersToJson(c);
   nlohmann::json rounds = nlohmann::json::array();
   if (auto layout = core.layout()) {
     for (uint32_t p = 0; p < layout->num_fragments(); ++p) {

@@ -4,12 +4,16 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "comm/outer_update.h"
+#include "comm/tls.h"
 #include "comm/wire.h"
 #include "proto/lowband.grpc.pb.h"
 
@@ -25,6 +29,52 @@ WorkerKey KeyOf(const v1::Caller& caller) { return {caller.worker_id(), caller.s
 grpc::Status GrpcError(const Status& s) { return comm::ToGrpc(s); }
 
 grpc::Status Invalid(const std::string& message) { return {grpc::StatusCode::INVALID_ARGUMENT, message}; }
+
+// The run's token from the call's metadata ("x-lowband-token"); "" when absent.
+std::string_view TokenOf(const grpc::CallbackServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(comm::kTokenMetadataKey);
+  return it == md.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
+}
+
+// Streams refused before they start (wrong token): finish at once, delete themselves when done.
+template <typename Message>
+class RefusedReader final : public grpc::ServerReadReactor<Message> {
+ public:
+  explicit RefusedReader(grpc::Status s) { this->Finish(std::move(s)); }
+  void OnDone() override { delete this; }
+};
+template <typename Message>
+class RefusedWriter final : public grpc::ServerWriteReactor<Message> {
+ public:
+  explicit RefusedWriter(grpc::Status s) { this->Finish(std::move(s)); }
+  void OnDone() override { delete this; }
+};
+
+// Pushes in flight per worker (streams past their header, not finished yet), against
+// ServiceOptions::max_inflight_pushes: each one holds a contribution-sized buffer.
+class InflightPushes {
+ public:
+  explicit InflightPushes(uint32_t limit) : limit_(limit) {}
+  bool Acquire(uint64_t worker) {
+    std::lock_guard<std::mutex> lock(mu_);
+    uint32_t& n = count_[worker];
+    if (n >= limit_) return false;
+    ++n;
+    return true;
+  }
+  void Release(uint64_t worker) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = count_.find(worker);
+    if (it != count_.end() && --it->second == 0) count_.erase(it);
+  }
+  uint32_t limit() const { return limit_; }
+
+ private:
+  const uint32_t limit_;
+  std::mutex mu_;
+  std::map<uint64_t, uint32_t> count_;  // guarded by mu_; only workers with pushes in flight
+};
 
 // --- Uploads: a client stream of one header message, then chunks -------------------------------
 //
@@ -73,7 +123,10 @@ class UploadReader : public grpc::ServerReadReactor<Message> {
                                 Call(), capacity_)));
         return;
       }
-      if (!chunk.empty()) std::memcpy(buffer_ + received_, chunk.data(), chunk.size());
+      if (!chunk.empty()) {
+        derived().Reserve(received_ + chunk.size());
+        std::memcpy(buffer_ + received_, chunk.data(), chunk.size());
+      }
       received_ += chunk.size();
     }
     this->StartRead(&msg_);
@@ -91,6 +144,8 @@ class UploadReader : public grpc::ServerReadReactor<Message> {
     buffer_ = buffer;
     capacity_ = bytes;
   }
+  // Default for a buffer allocated in full by OnHeader.
+  void Reserve(uint64_t /*bytes*/) {}
 
   CoordinatorCore& core_;
   const ServiceOptions& options_;
@@ -144,10 +199,19 @@ class SeedReader final : public UploadReader<SeedReader, v1::SeedMessage> {
       return Invalid(fmt::format("SeedState: the run's model has {} parameters, the header declares {}",
                                  expected, h.element_count()));
     }
-    values_.resize(expected);
+    // The buffer grows as the values arrive (a header alone never makes the coordinator allocate
+    // the whole model).
+    expected_ = expected;
     crc_ = h.crc32c();
-    Expect(reinterpret_cast<uint8_t*>(values_.data()), values_.size() * sizeof(float));
+    Expect(nullptr, expected * sizeof(float));
     return grpc::Status::OK;
+  }
+
+  void Reserve(uint64_t bytes) {
+    const uint64_t need = (bytes + sizeof(float) - 1) / sizeof(float);
+    if (need <= values_.size()) return;
+    values_.resize(std::min<uint64_t>(expected_, std::max<uint64_t>(need, 2 * values_.size())));
+    Expect(reinterpret_cast<uint8_t*>(values_.data()), expected_ * sizeof(float));
   }
 
   grpc::Status OnComplete() {
@@ -168,6 +232,7 @@ class SeedReader final : public UploadReader<SeedReader, v1::SeedMessage> {
   v1::SeedReply* reply_;
   WorkerKey key_;
   uint32_t crc_ = 0;
+  uint64_t expected_ = 0;
   std::vector<float> values_;
 };
 
@@ -178,9 +243,12 @@ class PushReader final : public UploadReader<PushReader, v1::PushMessage> {
   static constexpr const char* kHeader = "PushHeader";
 
   PushReader(CoordinatorCore& core, const ServiceOptions& options, grpc::CallbackServerContext* ctx,
-             v1::PushReply* reply)
-      : UploadReader(core, options, ctx), reply_(reply) {
+             v1::PushReply* reply, InflightPushes& inflight)
+      : UploadReader(core, options, ctx), reply_(reply), inflight_(inflight) {
     Begin();
+  }
+  ~PushReader() {
+    if (holds_slot_) inflight_.Release(key_.worker_id);
   }
 
   grpc::Status OnHeader(const v1::PushHeader& h, bool* done) {
@@ -198,6 +266,14 @@ class PushReader final : public UploadReader<PushReader, v1::PushMessage> {
       *done = true;
       return grpc::Status::OK;
     }
+    if (!inflight_.Acquire(key_.worker_id)) {
+      return {
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          fmt::format("PushFragment: worker {} already has {} pushes in flight, the limit; wait for one to "
+                      "finish",
+                      key_.worker_id, inflight_.limit())};
+    }
+    holds_slot_ = true;
     payload_.resize(h.payload_bytes());
     Expect(payload_.data(), payload_.size());
     return grpc::Status::OK;
@@ -225,6 +301,8 @@ class PushReader final : public UploadReader<PushReader, v1::PushMessage> {
   }
 
   v1::PushReply* reply_;
+  InflightPushes& inflight_;
+  bool holds_slot_ = false;
   WorkerKey key_;
   uint32_t fragment_ = 0;
   uint64_t round_ = 0;
@@ -396,27 +474,37 @@ class BootstrapWriter final : public grpc::ServerWriteReactor<v1::BootstrapMessa
 
 class CoordinatorService final : public v1::Coordinator::CallbackService {
  public:
-  CoordinatorService(CoordinatorCore& core, const ServiceOptions& options) : core_(core), options_(options) {}
+  CoordinatorService(CoordinatorCore& core, const ServiceOptions& options)
+      : core_(core), options_(options), inflight_(options.max_inflight_pushes) {}
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* request,
                                  v1::JoinReply* reply) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    reactor->Finish(DoJoin(*request, reply));
+    grpc::Status s = CheckToken(ctx, "Join");
+    reactor->Finish(s.ok() ? DoJoin(*request, reply) : s);
     return reactor;
   }
 
   grpc::ServerReadReactor<v1::SeedMessage>* SeedState(grpc::CallbackServerContext* ctx,
                                                       v1::SeedReply* reply) override {
+    if (grpc::Status s = CheckToken(ctx, "SeedState"); !s.ok()) return new RefusedReader<v1::SeedMessage>(s);
     return new SeedReader(core_, options_, ctx, reply);
   }
 
-  grpc::ServerWriteReactor<v1::BootstrapMessage>* Bootstrap(grpc::CallbackServerContext* /*ctx*/,
+  grpc::ServerWriteReactor<v1::BootstrapMessage>* Bootstrap(grpc::CallbackServerContext* ctx,
                                                             const v1::BootstrapRequest* request) override {
+    if (grpc::Status s = CheckToken(ctx, "Bootstrap"); !s.ok())
+      return new RefusedWriter<v1::BootstrapMessage>(s);
     return new BootstrapWriter(core_, options_, *request);
   }
 
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx, const v1::HeartbeatRequest* request,
                                       v1::HeartbeatReply* reply) override {
+    if (grpc::Status s = CheckToken(ctx, "Heartbeat"); !s.ok()) {
+      grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+      reactor->Finish(s);
+      return reactor;
+    }
     HeartbeatInfo info;
     info.key = KeyOf(request->caller());
     info.step = request->step();
@@ -435,6 +523,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
       reply->set_live_members(r->live_members);
       reply->set_seeded(r->seeded);
       reply->set_ready_members(r->ready_members);
+      reply->set_incarnation(r->incarnation);
     }
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     reactor->Finish(GrpcError(r.status()));
@@ -443,16 +532,25 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
 
   grpc::ServerReadReactor<v1::PushMessage>* PushFragment(grpc::CallbackServerContext* ctx,
                                                          v1::PushReply* reply) override {
-    return new PushReader(core_, options_, ctx, reply);
+    if (grpc::Status s = CheckToken(ctx, "PushFragment"); !s.ok())
+      return new RefusedReader<v1::PushMessage>(s);
+    return new PushReader(core_, options_, ctx, reply, inflight_);
   }
 
-  grpc::ServerWriteReactor<v1::UpdateMessage>* GetUpdate(grpc::CallbackServerContext* /*ctx*/,
+  grpc::ServerWriteReactor<v1::UpdateMessage>* GetUpdate(grpc::CallbackServerContext* ctx,
                                                          const v1::GetUpdateRequest* request) override {
+    if (grpc::Status s = CheckToken(ctx, "GetUpdate"); !s.ok())
+      return new RefusedWriter<v1::UpdateMessage>(s);
     return new UpdateWriter(core_, options_, *request);
   }
 
   grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* ctx, const v1::LeaveRequest* request,
                                   v1::LeaveReply* /*reply*/) override {
+    if (grpc::Status t = CheckToken(ctx, "Leave"); !t.ok()) {
+      grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+      reactor->Finish(t);
+      return reactor;
+    }
     Status s = core_.Leave(KeyOf(request->caller()));
     if (s.ok() && !request->reason().empty()) {
       spdlog::info("coordinator: worker {} left: {}", request->caller().worker_id(), request->reason());
@@ -463,6 +561,10 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
   }
 
  private:
+  grpc::Status CheckToken(const grpc::CallbackServerContext* ctx, const char* call) {
+    return GrpcError(core_.CheckToken(TokenOf(ctx), call));
+  }
+
   grpc::Status DoJoin(const v1::JoinRequest& request, v1::JoinReply* reply) {
     if (request.protocol_version() != comm::kProtocolVersion) {
       return {grpc::StatusCode::FAILED_PRECONDITION,
@@ -510,11 +612,13 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
     reply->set_max_chunk_bytes(options_.max_chunk_bytes);
     reply->set_heartbeat_interval_ms(static_cast<uint32_t>(r->heartbeat_interval.count()));
     reply->set_protocol_version(comm::kProtocolVersion);
+    reply->set_incarnation(r->incarnation);
     return grpc::Status::OK;
   }
 
   CoordinatorCore& core_;
   const ServiceOptions options_;
+  InflightPushes inflight_;
 };
 
 }  // namespace
@@ -538,7 +642,11 @@ StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Coordinato
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(core, options));
   server->service_ = NewCoordinatorService(core, options.service);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &server->port_);
+  StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = comm::MakeServerCredentials(options.tls);
+  if (!credentials.ok()) {
+    return credentials.status().WithContext("coordinator TLS");
+  }
+  builder.AddListeningPort(options.address, *credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(comm::kMaxMessageBytes);
   builder.SetMaxSendMessageSize(comm::kMaxMessageBytes);
@@ -551,8 +659,8 @@ StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Coordinato
                     options.address));
   }
   server->ticker_ = std::thread([s = server.get()] { s->TickLoop(); });
-  spdlog::info("coordinator: serving run '{}' on {} (port {})", core.options().run_id, options.address,
-               server->port_);
+  spdlog::info("coordinator: serving run '{}' on {} (port {}, {})", core.options().run_id, options.address,
+               server->port_, comm::Describe(options.tls));
   return server;
 }
 

@@ -27,6 +27,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "comm/tls.h"
 #include "coordinator/core.h"
 #include "quant/status.h"
 
@@ -36,6 +37,9 @@ struct ServiceOptions {
   // Largest accepted chunk of a client stream (SeedState, PushFragment) and size of the chunks
   // the server sends (Bootstrap, GetUpdate). The protocol's limit is 1 MiB.
   uint32_t max_chunk_bytes = 1u << 20;
+  // PushFragment streams one worker may have in flight at once (each holds a contribution-sized
+  // buffer); more are refused with RESOURCE_EXHAUSTED. A worker's uploads go one at a time.
+  uint32_t max_inflight_pushes = 4;
 };
 
 struct ServerOptions {
@@ -46,6 +50,8 @@ struct ServerOptions {
   std::chrono::milliseconds tick_interval{100};
   // At Stop, calls still running after this long are cancelled.
   std::chrono::milliseconds shutdown_grace{2'000};
+  // TLS (server certificate; with client_ca, mutual TLS). Empty: plaintext.
+  comm::TlsServerFiles tls;
 };
 
 // The gRPC service object, for embedding in a grpc::Server built elsewhere. The core must outlive

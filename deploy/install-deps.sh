@@ -17,6 +17,8 @@ packages=(
   libboost-dev libboost-system-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # TLS test certificates (the openssl command)
+  openssl
   # small well-kept libraries: CLI, logging, JSON, config
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libyaml-cpp-dev
   # plots, data, lint

@@ -7,8 +7,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include "comm/durable_file.h"
 #include "split/safetensors.h"
-#include "worker/durable_file.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::split {
@@ -135,7 +135,7 @@ Status SaveAdapterFiles(const std::string& dir, const std::string& side,
                                            {{"format", "pt"}, {"lowband", "split-" + side}}));
   nlohmann::ordered_json config = {{"format", "lowband-split-adapters"}, {"side", side}};
   config.update(fields);
-  return worker::WriteFileAtomically(path / "adapter_config.json", config.dump(2) + "\n");
+  return comm::WriteFileAtomically(path / "adapter_config.json", config.dump(2) + "\n");
 }
 
 }  // namespace lowband::split

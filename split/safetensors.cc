@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "worker/durable_file.h"
+#include "comm/durable_file.h"
 
 namespace lowband::split {
 namespace {
@@ -38,7 +38,7 @@ StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
   const auto bad = [&](const std::string& what) {
     return InvalidArgument("safetensors file '" + path + "': " + what);
   };
-  LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, worker::ReadWholeFile(path));
+  LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, comm::ReadWholeFile(path));
   if (bytes.size() < 8) return bad("shorter than its 8-byte header length");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[static_cast<size_t>(i)]);
@@ -129,7 +129,7 @@ Status WriteSafetensors(const std::string& path,
   for (int i = 0; i < 8; ++i) file[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
   file += json;
   file += data;
-  return worker::WriteFileAtomically(path, file);
+  return comm::WriteFileAtomically(path, file);
 }
 
 }  // namespace lowband::split

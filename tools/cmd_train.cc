@@ -1,6 +1,8 @@
 // `lowband coordinator`, `lowband worker` and `lowband launch`: a training run's processes.
 #include <chrono>
 #include <filesystem>
+#include <mutex>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -13,6 +15,7 @@
 
 #if defined(LOWBAND_HAVE_GRPC)
 #include "comm/outer_update.h"
+#include "coordinator/checkpoint.h"
 #include "coordinator/core.h"
 #include "coordinator/http.h"
 #include "coordinator/service.h"
@@ -43,6 +46,7 @@ std::string SelfPath() {
 
 struct CoordinatorFlags {
   std::string listen = "0.0.0.0:50051";
+  std::string checkpoint_dir;
   std::string http;
   std::string http_port_file;
   std::string port_file;
@@ -77,10 +81,50 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   Check(down.status());
   co.upload_codec = *up;
   co.download_codec = *down;
-  auto core = coordinator::CoordinatorCore::Create(co);
+  co.max_members = static_cast<uint32_t>(c.coordinator.max_members);
+  // Durability: checkpoints every K closed rounds (written before the round's update is handed out)
+  // and at SIGTERM; a coordinator started on a directory holding one continues that run.
+  std::unique_ptr<coordinator::CheckpointStore> store;
+  std::optional<coordinator::CoordinatorSnapshot> restored;
+  if (!f.checkpoint_dir.empty()) {
+    store = std::make_unique<coordinator::CheckpointStore>(f.checkpoint_dir);
+    auto loaded = store->Load();
+    Check(loaded.status());
+    restored = std::move(*loaded);
+    co.checkpoint_every = static_cast<uint32_t>(c.coordinator.checkpoint_every);
+    co.on_checkpoint = [s = store.get()](const coordinator::CoordinatorSnapshot& snapshot) {
+      if (Status w = s->Write(snapshot); !w.ok()) spdlog::error("coordinator checkpoint: {}", w.ToString());
+    };
+  }
+  // Every closed round goes to the coordinator's JSONL (appended to after a restart).
+  auto log = std::make_shared<comm::MetricsLog>();
+  auto log_mu = std::make_shared<std::mutex>();
+  if (!f.out.empty()) {
+    auto l = comm::MetricsLog::Open(f.out + "/metrics/coordinator.jsonl", /*append=*/restored.has_value());
+    Check(l.status());
+    *log = std::move(*l);
+  }
+  co.on_round_closed = [log, log_mu](const coordinator::RoundRecord& r) {
+    std::lock_guard<std::mutex> lock(*log_mu);
+    log->Write({{"event", "round"},
+                {"fragment", r.fragment},
+                {"round", r.round},
+                {"contributions", r.contributions},
+                {"at_deadline", r.at_deadline},
+                {"failure", r.failure},
+                {"global_crc", r.global_crc}});
+  };
+  auto core = restored ? coordinator::CoordinatorCore::Restore(co, *restored)
+                       : coordinator::CoordinatorCore::Create(co);
   Check(core.status());
+  if (restored) {
+    spdlog::info("coordinator: continuing run '{}' from {} ({} rounds closed)", c.run.id,
+                 store->path().string(), restored->counters.rounds_closed);
+  }
   coordinator::ServerOptions so;
   so.address = f.listen;
+  so.service.max_inflight_pushes = static_cast<uint32_t>(c.coordinator.max_inflight_pushes);
+  so.tls = {c.tls.server_cert, c.tls.server_key, c.tls.client_ca};
   auto server = coordinator::CoordinatorServer::Start(**core, so);
   Check(server.status());
   spdlog::info(
@@ -103,12 +147,6 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
     }
   }
   InstallStopHandlers();
-  comm::MetricsLog log;
-  if (!f.out.empty()) {
-    auto l = comm::MetricsLog::Open(f.out + "/metrics/coordinator.jsonl");
-    Check(l.status());
-    log = std::move(*l);
-  }
   comm::RunClock clock;
   uint64_t last_rounds = 0;
   double last_status = 0;
@@ -116,14 +154,15 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const auto counters = (*core)->counters();
     if (counters.rounds_closed != last_rounds || clock.Elapsed() - last_status > 10) {
-      log.Write({{"event", "status"},
-                 {"wall_seconds", clock.Elapsed()},
-                 {"rounds_closed", counters.rounds_closed},
-                 {"live_members", (*core)->live_members()},
-                 {"bytes_in", counters.sync_bytes_in},
-                 {"bytes_out", counters.sync_bytes_out},
-                 {"late_pushes", counters.late_pushes},
-                 {"refusals", counters.refusals}});
+      std::lock_guard<std::mutex> lock(*log_mu);
+      log->Write({{"event", "status"},
+                  {"wall_seconds", clock.Elapsed()},
+                  {"rounds_closed", counters.rounds_closed},
+                  {"live_members", (*core)->live_members()},
+                  {"bytes_in", counters.sync_bytes_in},
+                  {"bytes_out", counters.sync_bytes_out},
+                  {"late_pushes", counters.late_pushes},
+                  {"refusals", counters.refusals}});
       if (counters.rounds_closed != last_rounds) {
         spdlog::info("rounds closed {}  members {}  in {}  out {}", counters.rounds_closed,
                      (*core)->live_members(), comm::HumanBytes(static_cast<double>(counters.sync_bytes_in)),
@@ -132,7 +171,9 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
       last_rounds = counters.rounds_closed;
       last_status = clock.Elapsed();
     }
-    if (f.exit_when_done && f.workers > 0 && counters.joins >= static_cast<uint64_t>(f.workers) &&
+    // Done once as many workers as expected have left (finished) and none is live: a worker that
+    // died is not done (its restart will leave), nor are members a restored coordinator lost.
+    if (f.exit_when_done && f.workers > 0 && counters.leaves >= static_cast<uint64_t>(f.workers) &&
         (*core)->live_members() == 0) {
       spdlog::info("all {} workers have left; stopping", f.workers);
       break;
@@ -140,7 +181,20 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   }
   (*server)->Stop();
   if (http) http->Stop();
+  if (store) {
+    // At SIGTERM/SIGINT or the end: the state as it is now, for a coordinator started again.
+    if (Status w = store->Write((*core)->Snapshot()); !w.ok()) {
+      spdlog::error("coordinator checkpoint at exit: {}", w.ToString());
+    } else {
+      spdlog::info("coordinator: state saved to {} ({} checkpoints written, last took {:.3f} s)",
+                   store->path().string(), store->writes(), store->last_write_seconds());
+    }
+  }
   const auto counters = (*core)->counters();
+  nlohmann::json open_rounds = nlohmann::json::array();
+  for (uint32_t p = 0; (*core)->seeded() && p < co.layout.num_fragments; ++p) {
+    open_rounds.push_back((*core)->round_status(p)->open_round);
+  }
   nlohmann::json r = {{"rounds_closed", counters.rounds_closed},
                       {"rounds_closed_at_deadline", counters.rounds_closed_at_deadline},
                       {"contributions", counters.contributions},
@@ -153,6 +207,9 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
                       {"bootstrap_bytes_in", counters.bootstrap_bytes_in},
                       {"bootstrap_bytes_out", counters.bootstrap_bytes_out},
                       {"global_crc", (*core)->GlobalStateCrc()},
+                      {"open_rounds", open_rounds},
+                      {"rejoins", counters.rejoins},
+                      {"restored", restored.has_value()},
                       {"wall_seconds", clock.Elapsed()}};
   if (!f.out.empty()) Check(comm::WriteJsonFile(f.out + "/metrics/coordinator-result.json", r));
   spdlog::info("coordinator done: {} rounds, {} contributions, {} late pushes refused",
@@ -201,6 +258,7 @@ void RunWorkerCommand(const RunConfig& c, const WorkerFlags& f) {
   e.late = c.diloco.late;
   e.update_timeout =
       std::chrono::milliseconds(static_cast<int64_t>(c.coordinator.round_timeout_s * 1000) + 60'000);
+  e.tls = {c.tls.ca, c.tls.client_cert, c.tls.client_key, c.tls.server_name};
   e.store_address = f.ddp_store;
   e.checkpoint_every = f.checkpoint_every;
   e.resume = f.resume;
@@ -252,9 +310,13 @@ void RegisterTraining(CLI::App& app) {
                     "host:port (port 0: pick one)");
     cmd->add_option("--http-port-file", f->http_port_file, "Write the HTTP port to this file once listening");
     cmd->add_option("--out", f->out, "Run directory for metrics/coordinator*.json[l]");
+    cmd->add_option("--checkpoint-dir", f->checkpoint_dir,
+                    "Save the coordinator's state here every coordinator.checkpoint_every closed rounds and "
+                    "at SIGTERM; when the directory already holds a checkpoint, continue that run from it "
+                    "(workers reconnect on their own)");
     cmd->add_option("--workers", f->workers, "Expected workers (with --exit-when-done)");
     cmd->add_flag("--exit-when-done", f->exit_when_done,
-                  "Exit once --workers workers have joined and all left");
+                  "Exit once --workers workers have left (finished) and none is live");
     cmd->callback([flags, f] {
 #if defined(LOWBAND_HAVE_GRPC)
       RunCoordinator(Resolve(*flags), *f);

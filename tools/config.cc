@@ -140,6 +140,22 @@ const std::vector<Binding>& Bindings() {
                "contributions that close a round at its deadline (all live members close it at once)"),
       LB_FIELD("coordinator.round_timeout_s", coordinator.round_timeout_s, "round deadline in seconds"),
       LB_FIELD("coordinator.heartbeat_timeout_s", coordinator.heartbeat_timeout_s, "member liveness timeout"),
+      LB_FIELD("coordinator.checkpoint_every", coordinator.checkpoint_every,
+               "with --checkpoint-dir: save the coordinator every N closed rounds (and at SIGTERM)"),
+      LB_FIELD("coordinator.max_members", coordinator.max_members, "live members at most"),
+      LB_FIELD("coordinator.max_inflight_pushes", coordinator.max_inflight_pushes,
+               "PushFragment streams one worker may have in flight"),
+      LB_FIELD("tls.ca", tls.ca, "workers: PEM CA that signed the coordinator's certificate", {"--tls-ca"}),
+      LB_FIELD("tls.server_cert", tls.server_cert, "coordinator: PEM certificate chain", {"--tls-cert"}),
+      LB_FIELD("tls.server_key", tls.server_key, "coordinator: PEM private key", {"--tls-key"}),
+      LB_FIELD("tls.client_ca", tls.client_ca,
+               "coordinator: require client certificates signed by this PEM CA", {"--tls-client-ca"}),
+      LB_FIELD("tls.client_cert", tls.client_cert, "workers: PEM client certificate (mutual TLS)",
+               {"--tls-client-cert"}),
+      LB_FIELD("tls.client_key", tls.client_key, "workers: PEM client private key (mutual TLS)",
+               {"--tls-client-key"}),
+      LB_FIELD("tls.server_name", tls.server_name, "workers: name to check in the coordinator's certificate",
+               {"--tls-server-name"}),
       LB_FIELD("site.ranks", site.ranks, "ranks (processes) per worker, all-reducing gradients every step",
                {"--ranks-per-worker", "--ranks"}),
       LB_FIELD("site.check_every", site.check_every,
@@ -302,6 +318,11 @@ Status Finalize(RunConfig* c) {
         "sites of R ranks (sites are for streaming and diloco)");
   }
   if (c->site.check_every < 0) return InvalidArgument("site.check_every: must be >= 0");
+  if (c->coordinator.checkpoint_every < 0)
+    return InvalidArgument("coordinator.checkpoint_every: must be >= 0");
+  if (c->coordinator.max_members < 1) return InvalidArgument("coordinator.max_members: must be at least 1");
+  if (c->coordinator.max_inflight_pushes < 1)
+    return InvalidArgument("coordinator.max_inflight_pushes: must be at least 1");
   if (!(c->site.timeout_s > 0)) return InvalidArgument("site.timeout_s: must be positive");
   // Short runs (tests, smoke runs) keep a warmup of a tenth of the run rather than failing.
   if (c->inner.warmup_steps >= c->inner.total_steps) c->inner.warmup_steps = c->inner.total_steps / 10;

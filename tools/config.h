@@ -73,6 +73,23 @@ struct CoordinatorSection {
   double round_timeout_s = 600;
   // A member silent for this long is dropped.
   double heartbeat_timeout_s = 60;
+  // With a checkpoint directory (coordinator --checkpoint-dir): write the coordinator's state every
+  // N closed rounds (1: an update reaches workers only once it is on disk) and at SIGTERM.
+  int checkpoint_every = 1;
+  // Limits: live members; PushFragment streams in flight per worker.
+  int max_members = 1024;
+  int max_inflight_pushes = 4;
+};
+
+// TLS on the coordinator's gRPC channel (comm/tls.h). Empty: plaintext.
+struct TlsSection {
+  std::string ca;           // workers: the CA that signed the coordinator's certificate
+  std::string server_cert;  // coordinator: its certificate chain (PEM)
+  std::string server_key;   // coordinator: its private key (PEM)
+  std::string client_ca;    // coordinator: require client certificates signed by this CA (mutual TLS)
+  std::string client_cert;  // workers: their certificate (mutual TLS)
+  std::string client_key;   // workers: their private key (mutual TLS)
+  std::string server_name;  // workers: the name to check in the coordinator's certificate
 };
 
 // A worker that is a site: several ranks training one replica data-parallel (worker/engine.h).
@@ -105,6 +122,7 @@ struct RunConfig {
   DilocoConfig diloco;
   CodecConfig codec;
   CoordinatorSection coordinator;
+  TlsSection tls;
   SiteSection site;
   // Split learning (`lowband split-server` / `split-client`).
   split::SplitConfig split;

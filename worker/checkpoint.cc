@@ -9,7 +9,7 @@
 #include <torch/serialize.h>
 #include <torch/utils.h>
 
-#include "worker/durable_file.h"
+#include "comm/durable_file.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::worker {
@@ -133,13 +133,13 @@ StatusOr<std::string> SaveCheckpoint(const std::string& dir_name, Model& model,
                                  {"vectors", vectors},
                                  {"metadata", extras.metadata}};
 
-    LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(tmp / "model.pt", Serialize(model_archive)));
-    LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(tmp / "optimizer.pt", Serialize(optimizer_archive)));
-    LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(tmp / "extra.pt", Serialize(extra_archive)));
-    LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(tmp / "meta.json", meta.dump(1) + "\n"));
+    LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(tmp / "model.pt", Serialize(model_archive)));
+    LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(tmp / "optimizer.pt", Serialize(optimizer_archive)));
+    LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(tmp / "extra.pt", Serialize(extra_archive)));
+    LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(tmp / "meta.json", meta.dump(1) + "\n"));
     fs::rename(tmp, dir / name);
-    LOWBAND_RETURN_IF_ERROR(SyncDirectory(dir));
-    LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(dir / "LATEST", name + "\n"));
+    LOWBAND_RETURN_IF_ERROR(comm::SyncDirectory(dir));
+    LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(dir / "LATEST", name + "\n"));
     Prune(dir, name, options.keep_last);
     return (dir / name).string();
   });
@@ -149,7 +149,7 @@ StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   const fs::path latest = fs::path(dir) / "LATEST";
   std::error_code ec;
   if (!fs::exists(latest, ec)) return NotFound("no checkpoint in " + Quoted(dir) + " (no LATEST file)");
-  LOWBAND_ASSIGN_OR_RETURN(std::string name, ReadWholeFile(latest));
+  LOWBAND_ASSIGN_OR_RETURN(std::string name, comm::ReadWholeFile(latest));
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   int64_t step = 0, k = 0;
   if (!ParseCheckpointName(name, &step, &k)) {
@@ -176,7 +176,7 @@ StatusOr<LoadedParams> ReadParams(const std::string& path_name, Model& model) {
   const auto damaged = [&](const std::string& what) {
     return DataLoss("checkpoint " + Quoted(path_name) + ": " + what);
   };
-  LOWBAND_ASSIGN_OR_RETURN(const std::string meta_text, ReadWholeFile(path / "meta.json"));
+  LOWBAND_ASSIGN_OR_RETURN(const std::string meta_text, comm::ReadWholeFile(path / "meta.json"));
   LoadedParams out;
   out.meta = nlohmann::json::parse(meta_text, nullptr, /*allow_exceptions=*/false);
   const nlohmann::json& meta = out.meta;

@@ -12,7 +12,7 @@
 #include <torch/types.h>
 #include <nlohmann/json.hpp>
 
-#include "worker/durable_file.h"
+#include "comm/durable_file.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::worker {
@@ -406,7 +406,7 @@ struct TextExamples {
 StatusOr<TextExamples> ReadTextExamples(const std::string& path, int shard, int num_shards, int64_t limit,
                                         int64_t max_bytes, const std::string& hint, const std::string& redo) {
   LOWBAND_RETURN_IF_ERROR(FileSize(path, hint).status());
-  LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(path));
+  LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, comm::ReadWholeFile(path));
   const std::string_view all(bytes);
   std::vector<std::string_view> lines;
   for (size_t pos = 0; pos < all.size();) {

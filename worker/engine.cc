@@ -1,8 +1,10 @@
 #include "worker/engine.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "comm/coordinator_client.h"
@@ -322,6 +325,7 @@ class StreamingWorker {
     if (o_.evaluate) LOWBAND_RETURN_IF_ERROR(Evaluate(t));
     if (!o_.checkpoint_dir.empty()) LOWBAND_RETURN_IF_ERROR(Checkpoint(t));
     heartbeat_.reset();
+    if (exchanger_) exchanger_stats_ = {exchanger_->repushes(), exchanger_->late_pushes()};
     exchanger_.reset();
     if (client_) {
       if (Status s = client_->Leave("finished"); !s.ok()) spdlog::warn("leave: {}", s.ToString());
@@ -432,6 +436,7 @@ class StreamingWorker {
 
   Status Join() {
     comm::ClientOptions copts;
+    copts.tls = o_.tls;
     LOWBAND_ASSIGN_OR_RETURN(client_, comm::CoordinatorClient::Connect(o_.coordinator, copts));
     comm::JoinParams jp{o_.run_id, o_.token, signature_, o_.worker_name, ""};
     LOWBAND_ASSIGN_OR_RETURN(reply_, client_->Join(jp));
@@ -497,6 +502,14 @@ class StreamingWorker {
   // make the first round wait for it while the others stall.
   Status WaitForPeers() {
     if (o_.num_workers <= 1) return Status::Ok();
+    // A run under way (a worker restarted, or one joining late) has nobody to wait for.
+    const bool under_way =
+        std::any_of(next_round_.begin(), next_round_.end(), [](uint64_t r) { return r > 0; });
+    if (under_way) {
+      spdlog::info("the run is under way (open rounds {}); joining it without the start barrier",
+                   fmt::join(next_round_, ","));
+      return client_->Heartbeat({0, 0.0f, 0, /*ready=*/true}).status();
+    }
     const auto deadline = RunClock::Clock::now() + o_.start_timeout;
     bool logged = false;
     for (;;) {
@@ -591,14 +604,48 @@ class StreamingWorker {
     std::optional<StatusOr<std::vector<uint8_t>>> got;
     const auto t0 = RunClock::Clock::now();
     if (leader()) got = block ? exchanger_->Wait(p, pend.round) : exchanger_->Poll(p, pend.round);
-    if (site_) LOWBAND_RETURN_IF_ERROR(ShareUpdate(&got));
+    bool resynced = false;
+    if (leader() && got && !got->ok() &&
+        (got->status().code() == StatusCode::kNotFound || got->status().code() == StatusCode::kOutOfRange)) {
+      LOWBAND_RETURN_IF_ERROR(Resync(p, got->status()));
+      resynced = true;
+    }
+    if (site_) LOWBAND_RETURN_IF_ERROR(ShareUpdate(p, &got, &resynced));
     if (block) trainer_.stall_s_ += RunClock::Since(t0);
+    if (resynced) {
+      pending_[p].active = false;
+      return Merge(p);
+    }
     if (!got) return Status::Ok();  // deferred: applied when it arrives
     if (!got->ok()) return got->status();
     pending_[p].active = false;
     // g_p -= dec(update), exactly as the coordinator did; then theta_p = alpha theta_p + (1-alpha) g_p.
     LOWBAND_RETURN_IF_ERROR(comm::ApplyOuterUpdate(**got, g_[p], scratch_)
                                 .WithContext(fmt::format("update of fragment {} round {}", p, pend.round)));
+    return Merge(p);
+  }
+
+  // The coordinator no longer has what this worker needs for fragment p: the round's update is
+  // gone (the worker fell further behind than the retained rounds), or a coordinator restored from
+  // an older checkpoint has not reached that round. Takes fragment p's global state and open round
+  // from Bootstrap; the local replica is kept (and merged with it like after an update).
+  Status Resync(uint32_t p, const Status& why) {
+    spdlog::warn("fragment {}: {}; taking the fragment's global state from the coordinator", p,
+                 why.message());
+    LOWBAND_ASSIGN_OR_RETURN(comm::GlobalState state, client_->Bootstrap());
+    if (p >= state.fragments.size() || state.fragments[p].size() != g_[p].size()) {
+      return DataLoss(
+          fmt::format("bootstrap for resync carried no fragment {} of {} values", p, g_[p].size()));
+    }
+    g_[p] = std::move(state.fragments[p]);
+    next_round_[p] = state.open_rounds[p];
+    if (o_.error_feedback) std::fill(residual_[p].begin(), residual_[p].end(), 0.0f);
+    ++resyncs_;
+    return Status::Ok();
+  }
+
+  // theta_p = alpha theta_p + (1 - alpha) g_p.
+  Status Merge(uint32_t p) {
     CopyParamsTo(*trainer_.model_, &theta_);
     std::vector<float>& local = scratch_;
     local.resize(g_[p].size());
@@ -609,13 +656,18 @@ class StreamingWorker {
     return CopyParamsFrom(*trainer_.model_, theta_);
   }
 
-  // The site's leader passes what it got for a round (nothing yet, the encoded update, or an error)
-  // to the other ranks, which then hold the same.
-  Status ShareUpdate(std::optional<StatusOr<std::vector<uint8_t>>>* got) {
-    enum : uint8_t { kNotYet = 0, kUpdate = 1, kError = 2 };
+  // The site's leader passes what it got for a round (nothing yet, the encoded update, an error,
+  // or the fragment's global state after a resync) to the other ranks, which then hold the same.
+  Status ShareUpdate(uint32_t p, std::optional<StatusOr<std::vector<uint8_t>>>* got, bool* resynced) {
+    enum : uint8_t { kNotYet = 0, kUpdate = 1, kError = 2, kResync = 3 };
     std::vector<uint8_t> msg;
     if (leader()) {
-      if (!got->has_value()) {
+      if (*resynced) {
+        msg.resize(1 + sizeof(uint64_t) + g_[p].size() * sizeof(float));
+        msg[0] = kResync;
+        std::memcpy(msg.data() + 1, &next_round_[p], sizeof(uint64_t));
+        std::memcpy(msg.data() + 1 + sizeof(uint64_t), g_[p].data(), g_[p].size() * sizeof(float));
+      } else if (!got->has_value()) {
         msg = {kNotYet};
       } else if (!(*got)->ok()) {
         const std::string text = (*got)->status().ToString();
@@ -629,8 +681,14 @@ class StreamingWorker {
     }
     LOWBAND_RETURN_IF_ERROR(site_->Broadcast(&msg));
     if (leader()) return Status::Ok();
-    if (msg.empty() || msg[0] > kError) return DataLoss("the site leader sent a malformed update message");
-    if (msg[0] == kNotYet) {
+    if (msg.empty() || msg[0] > kResync) return DataLoss("the site leader sent a malformed update message");
+    if (msg[0] == kResync) {
+      if (msg.size() != 1 + sizeof(uint64_t) + g_[p].size() * sizeof(float))
+        return DataLoss("the site leader's resync message has the wrong size");
+      std::memcpy(&next_round_[p], msg.data() + 1, sizeof(uint64_t));
+      std::memcpy(g_[p].data(), msg.data() + 1 + sizeof(uint64_t), g_[p].size() * sizeof(float));
+      *resynced = true;
+    } else if (msg[0] == kNotYet) {
       got->reset();
     } else if (msg[0] == kError) {
       *got = Unavailable("the site's leader (rank 0) failed to get the update: " +
@@ -678,6 +736,11 @@ class StreamingWorker {
     for (const auto& g : g_) crcs.push_back(comm::CrcOfFloats(g));
     r["global_crc"] = crcs;
     r["rounds_sent"] = next_round_;
+    r["resyncs"] = resyncs_;
+    r["repushes"] = exchanger_stats_.repushes;
+    r["late_pushes"] = exchanger_stats_.late_pushes;
+    r["rejoins"] = tc.rejoins;
+    r["retries"] = tc.retries;
     std::vector<float> params;
     CopyParamsTo(*trainer_.model_, &params);
     r["params_crc"] = comm::CrcOfFloats(params);
@@ -718,6 +781,11 @@ class StreamingWorker {
   std::map<uint32_t, std::vector<float>> resumed_residuals_;
   std::vector<Pending> pending_;
   std::vector<uint64_t> next_round_;
+  uint64_t resyncs_ = 0;  // fragments taken from the coordinator's global state mid-run
+  struct {
+    uint64_t repushes = 0;
+    uint64_t late_pushes = 0;
+  } exchanger_stats_;
   uint64_t bytes_encoded_ = 0;
   std::string codec_name_;
   std::unique_ptr<DataParallelGroup> site_;  // a site's ranks (null for a one-rank worker)

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <string>
 
+#include "comm/tls.h"
 #include "quant/status.h"
 #include "worker/config.h"
 
@@ -51,6 +52,8 @@ struct EngineOptions {
   std::chrono::milliseconds start_timeout{300'000};
   // How long to wait for a round to close before giving up.
   std::chrono::milliseconds update_timeout{600'000};
+  // TLS to the coordinator (empty: plaintext).
+  comm::TlsClientFiles tls;
 
   // --- ddp: c10d TCPStore address (rank 0 hosts it) and the timeout of every collective.
   std::string store_address;

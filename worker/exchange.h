@@ -5,6 +5,15 @@
 // the worker's uplink); waiting for an update never holds up the next upload. The training thread
 // collects results with Poll() (never blocks) or Wait() (blocks: the caller counts the stall).
 //
+// Recovery: a contribution is kept until its round's update has arrived. When the client's epoch
+// changes (the coordinator restarted from its checkpoint, the link came back, the worker joined
+// again) the fetch thread pushes it again before waiting on (the coordinator drops a duplicate).
+// A push refused because its round already closed (this worker fell behind, or rejoined) is not an
+// error: the round's update is fetched and applied like any other. A result whose round the
+// coordinator no longer keeps (NOT_FOUND) or has not opened (OUT_OF_RANGE: a coordinator restored
+// from an older checkpoint) comes back as that status: the engine then resyncs the fragment from
+// the global state.
+//
 // Thread safety: Send/Poll/Wait from one thread (the training loop); the two internal threads
 // touch the shared state under mu_. Lifetimes: the client must outlive the exchanger; the
 // destructor stops both threads (an update still being waited for is abandoned within one poll
@@ -16,6 +25,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -42,15 +52,28 @@ class FragmentExchanger {
   StatusOr<std::vector<uint8_t>> Wait(uint32_t fragment, uint64_t round);
   // Rounds sent whose results were not collected yet.
   size_t in_flight() const;
+  // Contributions pushed again after an epoch change, and pushes refused because the round closed.
+  uint64_t repushes() const;
+  uint64_t late_pushes() const;
 
  private:
   using Key = std::pair<uint32_t, uint64_t>;
+  using Payload = std::shared_ptr<const std::vector<uint8_t>>;
   struct Upload {
     Key key;
-    std::vector<uint8_t> payload;
+    Payload payload;
+  };
+  struct Fetch {
+    Key key;
+    Payload payload;
+    uint64_t epoch = 0;  // the client's epoch when it was last pushed
   };
   void PushLoop();
   void FetchLoop();
+  // Pushes; OK also when the round is closed or not open (the fetch then tells what happened).
+  Status PushOnce(const Key& key, const Payload& payload);
+  StatusOr<std::vector<uint8_t>> FetchOne(Fetch f);
+  bool stopping() const;
 
   comm::CoordinatorClient* client_;
   const std::chrono::milliseconds update_timeout_;
@@ -59,9 +82,11 @@ class FragmentExchanger {
   std::condition_variable done_;                           // a result arrived
   bool stopping_ = false;                                  // GUARDED_BY(mu_)
   std::deque<Upload> uploads_;                             // GUARDED_BY(mu_)
-  std::deque<Key> fetches_;                                // GUARDED_BY(mu_)
+  std::deque<Fetch> fetches_;                              // GUARDED_BY(mu_)
   std::map<Key, StatusOr<std::vector<uint8_t>>> results_;  // GUARDED_BY(mu_)
   size_t pending_ = 0;                                     // GUARDED_BY(mu_): sent, not collected
+  uint64_t repushes_ = 0;                                  // GUARDED_BY(mu_)
+  uint64_t late_pushes_ = 0;                               // GUARDED_BY(mu_)
   std::thread pusher_;
   std::thread fetcher_;
 };

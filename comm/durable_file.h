@@ -1,4 +1,4 @@
-// Crash-safe file writes for worker-side state (prepared datasets, checkpoints).
+// Crash-safe file writes (prepared datasets, worker and coordinator checkpoints).
 //
 // WriteFileAtomically writes a temporary file next to the target, fsyncs it, renames it over the
 // target and fsyncs the directory: after a crash at any point the target holds either its old
@@ -12,10 +12,12 @@
 
 #include "quant/status.h"
 
-namespace lowband::worker {
+namespace lowband::comm {
 
 // Replaces `path` with `bytes` atomically and durably (temp file, fsync, rename, fsync directory).
-[[nodiscard]] Status WriteFileAtomically(const std::filesystem::path& path, std::string_view bytes);
+// The file gets permission bits `mode` (0600 for files holding secrets).
+[[nodiscard]] Status WriteFileAtomically(const std::filesystem::path& path, std::string_view bytes,
+                                         unsigned mode = 0644);
 
 // fsyncs a directory so that renames and creations inside it survive a crash.
 [[nodiscard]] Status SyncDirectory(const std::filesystem::path& dir);
@@ -23,4 +25,4 @@ namespace lowband::worker {
 // Reads a whole file.
 [[nodiscard]] StatusOr<std::string> ReadWholeFile(const std::filesystem::path& path);
 
-}  // namespace lowband::worker
+}  // namespace lowband::comm

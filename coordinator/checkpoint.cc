@@ -1,0 +1,294 @@
+#include "coordinator/checkpoint.h"
+
+#include <chrono>
+#include <cstring>
+#include <system_error>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+
+#include "comm/durable_file.h"
+#include "quant/codec.h"
+
+namespace lowband::coordinator {
+namespace {
+
+constexpr char kMagic[8] = {'L', 'B', 'C', 'O', 'O', 'R', 'D', '1'};
+
+void PutU64(std::string& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void PutU32(std::string& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t GetU64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(p[i])} << (8 * i);
+  return v;
+}
+uint32_t GetU32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= uint32_t{static_cast<uint8_t>(p[i])} << (8 * i);
+  return v;
+}
+void PutFloats(std::string& out, const std::vector<float>& v) {
+  // fp32 little-endian (the only byte order lowband builds for, as on the wire).
+  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+std::span<const uint8_t> Bytes(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+nlohmann::json CountersToJson(const CoordinatorCounters& c) {
+  return {{"joins", c.joins},
+          {"rejoins", c.rejoins},
+          {"leaves", c.leaves},
+          {"expirations", c.expirations},
+          {"rounds_closed", c.rounds_closed},
+          {"rounds_closed_at_deadline", c.rounds_closed_at_deadline},
+          {"rounds_overdue", c.rounds_overdue},
+          {"rounds_failed", c.rounds_failed},
+          {"contributions", c.contributions},
+          {"duplicate_pushes", c.duplicate_pushes},
+          {"late_pushes", c.late_pushes},
+          {"refusals", c.refusals},
+          {"sync_bytes_in", c.sync_bytes_in},
+          {"sync_bytes_out", c.sync_bytes_out},
+          {"bootstrap_bytes_in", c.bootstrap_bytes_in},
+          {"bootstrap_bytes_out", c.bootstrap_bytes_out}};
+}
+
+namespace {
+
+CoordinatorCounters CountersFrom(const nlohmann::json& j) {
+  CoordinatorCounters c;
+  c.joins = j.at("joins").get<uint64_t>();
+  c.rejoins = j.at("rejoins").get<uint64_t>();
+  c.leaves = j.at("leaves").get<uint64_t>();
+  c.expirations = j.at("expirations").get<uint64_t>();
+  c.rounds_closed = j.at("rounds_closed").get<uint64_t>();
+  c.rounds_closed_at_deadline = j.at("rounds_closed_at_deadline").get<uint64_t>();
+  c.rounds_overdue = j.at("rounds_overdue").get<uint64_t>();
+  c.rounds_failed = j.at("rounds_failed").get<uint64_t>();
+  c.contributions = j.at("contributions").get<uint64_t>();
+  c.duplicate_pushes = j.at("duplicate_pushes").get<uint64_t>();
+  c.late_pushes = j.at("late_pushes").get<uint64_t>();
+  c.refusals = j.at("refusals").get<uint64_t>();
+  c.sync_bytes_in = j.at("sync_bytes_in").get<uint64_t>();
+  c.sync_bytes_out = j.at("sync_bytes_out").get<uint64_t>();
+  c.bootstrap_bytes_in = j.at("bootstrap_bytes_in").get<uint64_t>();
+  c.bootstrap_bytes_out = j.at("bootstrap_bytes_out").get<uint64_t>();
+  return c;
+}
+
+// Hands out consecutive byte ranges of the blob section, refusing to run past its end.
+class BlobReader {
+ public:
+  explicit BlobReader(std::string_view blobs) : blobs_(blobs) {}
+  Status Floats(uint64_t count, std::vector<float>* out, const std::string& what) {
+    if (count > (blobs_.size() - at_) / sizeof(float)) return Truncated(what);
+    out->resize(count);
+    std::memcpy(out->data(), blobs_.data() + at_, count * sizeof(float));
+    at_ += count * sizeof(float);
+    return Status::Ok();
+  }
+  Status Raw(uint64_t count, std::vector<uint8_t>* out, const std::string& what) {
+    if (count > blobs_.size() - at_) return Truncated(what);
+    out->assign(blobs_.begin() + static_cast<std::ptrdiff_t>(at_),
+                blobs_.begin() + static_cast<std::ptrdiff_t>(at_ + count));
+    at_ += count;
+    return Status::Ok();
+  }
+  bool done() const { return at_ == blobs_.size(); }
+
+ private:
+  static Status Truncated(const std::string& what) {
+    return DataLoss("coordinator checkpoint: the data section ends before " + what);
+  }
+  std::string_view blobs_;
+  uint64_t at_ = 0;
+};
+
+}  // namespace
+
+std::string EncodeCheckpoint(const CoordinatorSnapshot& s) {
+  nlohmann::json h;
+  h["run_id"] = s.run_id;
+  h["sequence"] = s.sequence;
+  h["seeded"] = s.seeded;
+  h["seed_crc"] = s.seed_crc;
+  h["next_worker_id"] = s.next_worker_id;
+  h["layout"] = {{"num_fragments", s.layout.num_fragments},
+                 {"nonblock", comm::NonBlockPolicyName(s.layout.nonblock)}};
+  if (s.signature) {
+    nlohmann::json tensors = nlohmann::json::array();
+    for (const comm::TensorInfo& t : s.signature->tensors) {
+      tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"dtype", t.dtype}});
+    }
+    h["signature"] = {{"tensors", std::move(tensors)}, {"hash", s.signature->hash}};
+  }
+  h["counters"] = CountersToJson(s.counters);
+  nlohmann::json members = nlohmann::json::array();
+  for (const MemberSnapshot& m : s.members) {
+    members.push_back({{"id", m.id},
+                       {"session", m.session},
+                       {"nonce", m.nonce},
+                       {"name", m.name},
+                       {"host", m.host},
+                       {"live", m.live},
+                       {"ready", m.ready},
+                       {"expected_from", m.expected_from}});
+  }
+  h["members"] = std::move(members);
+  nlohmann::json fragments = nlohmann::json::array();
+  std::string blobs;
+  for (const FragmentSnapshot& f : s.fragments) {
+    nlohmann::json closed = nlohmann::json::array();
+    for (const ClosedRoundSnapshot& c : f.closed) {
+      closed.push_back({{"round", c.round},
+                        {"contributions", c.contributions},
+                        {"contributors", c.contributors},
+                        {"payload_bytes", c.payload.size()},
+                        {"failure", c.failure}});
+    }
+    fragments.push_back(
+        {{"open_round", f.open_round}, {"elements", f.global.size()}, {"closed", std::move(closed)}});
+    PutFloats(blobs, f.global);
+    PutFloats(blobs, f.momentum);
+    for (const ClosedRoundSnapshot& c : f.closed) {
+      blobs.append(reinterpret_cast<const char*>(c.payload.data()), c.payload.size());
+    }
+  }
+  h["fragments"] = std::move(fragments);
+  const std::string header = h.dump();
+  std::string out(kMagic, sizeof(kMagic));
+  PutU64(out, header.size());
+  out += header;
+  out += blobs;
+  PutU32(out, quant::Crc32c(Bytes(out)));
+  return out;
+}
+
+StatusOr<CoordinatorSnapshot> DecodeCheckpoint(std::string_view bytes) {
+  if (bytes.size() < sizeof(kMagic) + 8 + 4 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return DataLoss("not a lowband coordinator checkpoint (no LBCOORD1 magic, or shorter than its framing)");
+  }
+  const std::string_view body = bytes.substr(0, bytes.size() - 4);
+  const uint32_t stored = GetU32(bytes.data() + body.size());
+  if (quant::Crc32c(Bytes(body)) != stored) {
+    return DataLoss("coordinator checkpoint: CRC32C mismatch (the file is truncated or corrupted)");
+  }
+  const uint64_t header_len = GetU64(bytes.data() + sizeof(kMagic));
+  if (header_len > body.size() - sizeof(kMagic) - 8) {
+    return DataLoss(fmt::format("coordinator checkpoint: header of {} bytes runs past the end", header_len));
+  }
+  const std::string_view header = body.substr(sizeof(kMagic) + 8, header_len);
+  BlobReader blobs(body.substr(sizeof(kMagic) + 8 + header_len));
+  const auto h = nlohmann::json::parse(header.begin(), header.end(), nullptr, false);
+  if (h.is_discarded() || !h.is_object())
+    return DataLoss("coordinator checkpoint: the header is not a JSON object");
+  CoordinatorSnapshot s;
+  try {
+    s.run_id = h.at("run_id").get<std::string>();
+    s.sequence = h.at("sequence").get<uint64_t>();
+    s.seeded = h.at("seeded").get<bool>();
+    s.seed_crc = h.at("seed_crc").get<uint32_t>();
+    s.next_worker_id = h.at("next_worker_id").get<uint64_t>();
+    s.layout.num_fragments = h.at("layout").at("num_fragments").get<uint32_t>();
+    LOWBAND_ASSIGN_OR_RETURN(s.layout.nonblock,
+                             comm::ParseNonBlockPolicy(h.at("layout").at("nonblock").get<std::string>()));
+    if (h.contains("signature")) {
+      comm::ModelSignature sig;
+      for (const auto& t : h.at("signature").at("tensors")) {
+        sig.tensors.push_back({t.at("name").get<std::string>(), t.at("shape").get<std::vector<int64_t>>(),
+                               t.at("dtype").get<std::string>()});
+      }
+      sig.hash = h.at("signature").at("hash").get<uint64_t>();
+      LOWBAND_RETURN_IF_ERROR(comm::ValidateSignature(sig).WithContext("coordinator checkpoint: signature"));
+      s.signature = std::move(sig);
+    }
+    s.counters = CountersFrom(h.at("counters"));
+    for (const auto& m : h.at("members")) {
+      s.members.push_back({m.at("id").get<uint64_t>(), m.at("session").get<uint64_t>(),
+                           m.at("nonce").get<uint64_t>(), m.at("name").get<std::string>(),
+                           m.at("host").get<std::string>(), m.at("live").get<bool>(),
+                           m.at("ready").get<bool>(), m.at("expected_from").get<std::vector<uint64_t>>()});
+    }
+    uint32_t p = 0;
+    for (const auto& f : h.at("fragments")) {
+      FragmentSnapshot fs;
+      fs.open_round = f.at("open_round").get<uint64_t>();
+      const uint64_t elements = f.at("elements").get<uint64_t>();
+      LOWBAND_RETURN_IF_ERROR(
+          blobs.Floats(elements, &fs.global, fmt::format("fragment {}'s global state", p)));
+      LOWBAND_RETURN_IF_ERROR(blobs.Floats(elements, &fs.momentum, fmt::format("fragment {}'s momentum", p)));
+      for (const auto& c : f.at("closed")) {
+        ClosedRoundSnapshot r;
+        r.round = c.at("round").get<uint64_t>();
+        r.contributions = c.at("contributions").get<uint32_t>();
+        r.contributors = c.at("contributors").get<std::vector<uint64_t>>();
+        r.failure = c.at("failure").get<std::string>();
+        LOWBAND_RETURN_IF_ERROR(blobs.Raw(c.at("payload_bytes").get<uint64_t>(), &r.payload,
+                                          fmt::format("fragment {}'s update of round {}", p, r.round)));
+        fs.closed.push_back(std::move(r));
+      }
+      s.fragments.push_back(std::move(fs));
+      ++p;
+    }
+  } catch (const std::exception& e) {
+    return DataLoss(std::string("coordinator checkpoint: the header is incomplete: ") + e.what());
+  }
+  if (!blobs.done())
+    return DataLoss("coordinator checkpoint: bytes left over after the data its header describes");
+  return s;
+}
+
+CheckpointStore::CheckpointStore(std::filesystem::path dir)
+    : dir_(std::move(dir)), path_(dir_ / "coordinator.ckpt") {}
+
+Status CheckpointStore::Write(const CoordinatorSnapshot& snapshot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (have_written_ && snapshot.sequence < written_sequence_) return Status::Ok();
+  const auto t0 = std::chrono::steady_clock::now();
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec)
+    return Internal(fmt::format("cannot create checkpoint directory {}: {}", dir_.string(), ec.message()));
+  LOWBAND_RETURN_IF_ERROR(comm::WriteFileAtomically(path_, EncodeCheckpoint(snapshot), 0600)
+                              .WithContext("writing the coordinator checkpoint"));
+  have_written_ = true;
+  written_sequence_ = snapshot.sequence;
+  ++writes_;
+  last_write_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::debug("coordinator: checkpoint at {} closed rounds written to {} in {:.3f} s", snapshot.sequence,
+                path_.string(), last_write_seconds_);
+  return Status::Ok();
+}
+
+StatusOr<std::optional<CoordinatorSnapshot>> CheckpointStore::Load() const {
+  std::error_code ec;
+  if (!std::filesystem::exists(path_, ec)) return std::optional<CoordinatorSnapshot>();
+  LOWBAND_ASSIGN_OR_RETURN(const std::string bytes, comm::ReadWholeFile(path_));
+  StatusOr<CoordinatorSnapshot> s = DecodeCheckpoint(bytes);
+  if (!s.ok()) {
+    return s.status().WithContext(
+        fmt::format("{}: move the file away to start the run afresh", path_.string()));
+  }
+  return std::optional<CoordinatorSnapshot>(std::move(s).value());
+}
+
+uint64_t CheckpointStore::writes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return writes_;
+}
+
+double CheckpointStore::last_write_seconds() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_write_seconds_;
+}
+
+}  // namespace lowband::coordinator
