@@ -26,7 +26,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every bad flag or value exits 2, like the errors lowband finds.
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
   } catch (const lowband::tools::CommandError& e) {
     std::fprintf(stderr, "lowband: error: %s\n", e.what());
     return e.code;
