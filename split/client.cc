@@ -46,7 +46,10 @@ class SplitClient::Impl {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    channel_ = grpc::CreateCustomChannel(options_.server, grpc::InsecureChannelCredentials(), args);
+    comm::ApplyChannelArguments(options_.tls, &args);
+    LOWBAND_ASSIGN_OR_RETURN(const std::shared_ptr<grpc::ChannelCredentials> credentials,
+                             comm::MakeChannelCredentials(options_.tls));
+    channel_ = grpc::CreateCustomChannel(options_.server, credentials, args);
     stub_ = v1::SplitLearning::NewStub(channel_);
     return Open(/*resume=*/false);
   }

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/tls.h"
 #include "quant/amaq.h"
 #include "quant/status.h"
 #include "split/amaq.h"
@@ -44,6 +45,8 @@ struct SplitClientOptions {
   double connect_timeout_s = 30;
   int max_reconnects = 5;
   int max_message_bytes = 256 << 20;
+  // TLS to the server (empty: plaintext).
+  comm::TlsClientFiles tls;
 };
 
 struct StepReport {

@@ -68,7 +68,9 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
     at::set_num_threads(std::max(1, options_.threads));
     LOWBAND_ASSIGN_OR_RETURN(base_, LoadBaseModel(options_.model, options_.split, options_.seed));
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+    LOWBAND_ASSIGN_OR_RETURN(const std::shared_ptr<grpc::ServerCredentials> credentials,
+                             comm::MakeServerCredentials(options_.tls));
+    builder.AddListeningPort(options_.listen, credentials, &port_);
     builder.RegisterService(this);
     builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
     builder.SetMaxSendMessageSize(options_.max_message_bytes);

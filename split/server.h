@@ -25,6 +25,7 @@
 
 #include <torch/types.h>
 
+#include "comm/tls.h"
 #include "quant/status.h"
 #include "split/config.h"
 #include "worker/config.h"
@@ -45,6 +46,8 @@ struct SplitServerOptions {
   int threads = 1;
   // Largest message accepted, bytes.
   int max_message_bytes = 256 << 20;
+  // TLS (server certificate; with client_ca, mutual TLS). Empty: plaintext.
+  comm::TlsServerFiles tls;
 };
 
 struct SplitServerCounters {

@@ -54,6 +54,7 @@ void RunServer(const RunConfig& c, const ServerFlags& f) {
   split::SplitServerOptions o;
   o.listen = f.listen;
   o.token = c.run.token;
+  o.tls = {c.tls.server_cert, c.tls.server_key, c.tls.client_ca};
   o.model = c.model;
   o.split = c.split;
   o.seed = c.seed;
@@ -126,6 +127,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   split::SplitClientOptions o;
   o.server = f.server;
   o.token = c.run.token;
+  o.tls = {c.tls.ca, c.tls.client_cert, c.tls.client_key, c.tls.server_name};
   o.name = f.name.empty() ? fmt::format("client-{}", f.client_id) : f.name;
   o.model = c.model;
   o.split = c.split;
