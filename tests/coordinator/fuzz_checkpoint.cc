@@ -64,7 +64,8 @@ void Check(const std::string& bytes) {
   StatusOr<CoordinatorSnapshot> s = DecodeCheckpoint(bytes);
   if (!s.ok()) {
     const StatusCode c = s.status().code();
-    Require(c == StatusCode::kDataLoss || c == StatusCode::kInvalidArgument || c == StatusCode::kFailedPrecondition);
+    Require(c == StatusCode::kDataLoss || c == StatusCode::kInvalidArgument ||
+            c == StatusCode::kFailedPrecondition);
     return;
   }
   auto core = CoordinatorCore::Restore(Options(), *s);
