@@ -58,8 +58,11 @@ struct CoordinatorClient::Impl {
 
   // A reply's incarnation: a new one means the coordinator restarted (from its checkpoint).
   void SawIncarnation(uint64_t incarnation_seen) {
-    if (incarnation_seen == 0) return;
     std::lock_guard<std::mutex> lock(mu);
+    SawIncarnationLocked(incarnation_seen);
+  }
+  void SawIncarnationLocked(uint64_t incarnation_seen) {
+    if (incarnation_seen == 0) return;
     if (incarnation != 0 && incarnation != incarnation_seen) ++epoch;
     incarnation = incarnation_seen;
   }
@@ -94,13 +97,14 @@ struct CoordinatorClient::Impl {
     }
   }
 
-  // The caller of a joined client, or FAILED_PRECONDITION.
-  StatusOr<v1::Caller> Caller(const char* call) const {
+  // OK once joined, FAILED_PRECONDITION before. (Each attempt of a call takes CurrentCaller():
+  // the caller changes when the client joins again.)
+  Status RequireJoined(const char* call) const {
     std::lock_guard<std::mutex> lock(mu);
     if (!joined) {
       return FailedPrecondition(fmt::format("{}: Join the run first", call));
     }
-    return caller;
+    return Status::Ok();
   }
 
   uint32_t ChunkBytes() const {
@@ -308,19 +312,17 @@ StatusOr<JoinReply> CoordinatorClient::Impl::DoJoin(const JoinParams& params) {
   }
   d.fragment_elements = r.fragment_elements;
   d.download_codec = r.download_codec;
-  if (d.incarnation != 0 && r.incarnation != 0 && r.incarnation != d.incarnation) ++d.epoch;
-  if (r.incarnation != 0) d.incarnation = r.incarnation;
+  d.SawIncarnationLocked(r.incarnation);
   ++d.joins_done;
   return r;
 }
 
 StatusOr<bool> CoordinatorClient::SeedState(std::span<const float> all_parameters) {
   Impl& d = *impl_;
-  LOWBAND_ASSIGN_OR_RETURN(const v1::Caller caller, d.Caller("SeedState"));
+  LOWBAND_RETURN_IF_ERROR(d.RequireJoined("SeedState"));
   const std::span<const uint8_t> bytes = AsBytes(all_parameters);
   const uint32_t chunk = d.ChunkBytes();
   v1::SeedMessage header;
-  *header.mutable_header()->mutable_caller() = caller;
   header.mutable_header()->set_element_count(all_parameters.size());
   header.mutable_header()->set_crc32c(quant::Crc32c(bytes));
   bool accepted = false;
@@ -358,14 +360,13 @@ StatusOr<bool> CoordinatorClient::SeedState(std::span<const float> all_parameter
 
 StatusOr<GlobalState> CoordinatorClient::Bootstrap() {
   Impl& d = *impl_;
-  LOWBAND_ASSIGN_OR_RETURN(const v1::Caller caller, d.Caller("Bootstrap"));
+  LOWBAND_RETURN_IF_ERROR(d.RequireJoined("Bootstrap"));
   std::vector<uint64_t> expected_elements;
   {
     std::lock_guard<std::mutex> lock(d.mu);
     expected_elements = d.fragment_elements;
   }
   v1::BootstrapRequest req;
-  *req.mutable_caller() = caller;
   GlobalState state;
   const Status call = d.Call("Bootstrap", d.options.bootstrap_deadline, [&](grpc::ClientContext& ctx) {
     *req.mutable_caller() = d.CurrentCaller();
@@ -444,9 +445,8 @@ StatusOr<GlobalState> CoordinatorClient::Bootstrap() {
 
 StatusOr<HeartbeatReply> CoordinatorClient::Heartbeat(const HeartbeatInfo& info) {
   Impl& d = *impl_;
-  LOWBAND_ASSIGN_OR_RETURN(const v1::Caller caller, d.Caller("Heartbeat"));
+  LOWBAND_RETURN_IF_ERROR(d.RequireJoined("Heartbeat"));
   v1::HeartbeatRequest req;
-  *req.mutable_caller() = caller;
   req.set_step(info.step);
   req.set_last_loss(info.last_loss);
   req.set_tokens(info.tokens);
@@ -480,11 +480,10 @@ StatusOr<HeartbeatReply> CoordinatorClient::Heartbeat(const HeartbeatInfo& info)
 StatusOr<PushReply> CoordinatorClient::PushFragment(uint32_t fragment, uint64_t round,
                                                     std::span<const uint8_t> payload) {
   Impl& d = *impl_;
-  LOWBAND_ASSIGN_OR_RETURN(const v1::Caller caller, d.Caller("PushFragment"));
+  LOWBAND_RETURN_IF_ERROR(d.RequireJoined("PushFragment"));
   const uint32_t chunk = d.ChunkBytes();
   v1::PushMessage header;
   v1::PushHeader* h = header.mutable_header();
-  *h->mutable_caller() = caller;
   h->set_fragment(fragment);
   h->set_round(round);
   h->set_payload_bytes(payload.size());
@@ -528,7 +527,7 @@ StatusOr<PushReply> CoordinatorClient::PushFragment(uint32_t fragment, uint64_t 
 StatusOr<std::vector<uint8_t>> CoordinatorClient::GetUpdate(uint32_t fragment, uint64_t round,
                                                             std::chrono::milliseconds timeout) {
   Impl& d = *impl_;
-  LOWBAND_ASSIGN_OR_RETURN(const v1::Caller caller, d.Caller("GetUpdate"));
+  LOWBAND_RETURN_IF_ERROR(d.RequireJoined("GetUpdate"));
   uint64_t max_bytes = 0;
   {
     std::lock_guard<std::mutex> lock(d.mu);
@@ -537,7 +536,6 @@ StatusOr<std::vector<uint8_t>> CoordinatorClient::GetUpdate(uint32_t fragment, u
     }
   }
   v1::GetUpdateRequest req;
-  *req.mutable_caller() = caller;
   req.set_fragment(fragment);
   req.set_round(round);
   req.set_wait_ms(static_cast<uint32_t>(std::clamp<int64_t>(timeout.count(), 1, INT32_MAX)));
@@ -602,9 +600,8 @@ StatusOr<std::vector<uint8_t>> CoordinatorClient::GetUpdate(uint32_t fragment, u
 
 Status CoordinatorClient::Leave(const std::string& reason) {
   Impl& d = *impl_;
-  LOWBAND_ASSIGN_OR_RETURN(const v1::Caller caller, d.Caller("Leave"));
+  LOWBAND_RETURN_IF_ERROR(d.RequireJoined("Leave"));
   v1::LeaveRequest req;
-  *req.mutable_caller() = caller;
   req.set_reason(reason);
   return d.Call(
       "Leave", d.options.control_deadline,

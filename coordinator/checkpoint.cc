@@ -145,7 +145,7 @@ std::string EncodeCheckpoint(const CoordinatorSnapshot& s) {
   }
   h["members"] = std::move(members);
   nlohmann::json fragments = nlohmann::json::array();
-  std::string blobs;
+  size_t blob_bytes = 0;
   for (const FragmentSnapshot& f : s.fragments) {
     nlohmann::json closed = nlohmann::json::array();
     for (const ClosedRoundSnapshot& c : f.closed) {
@@ -154,21 +154,27 @@ std::string EncodeCheckpoint(const CoordinatorSnapshot& s) {
                         {"contributors", c.contributors},
                         {"payload_bytes", c.payload.size()},
                         {"failure", c.failure}});
+      blob_bytes += c.payload.size();
     }
     fragments.push_back(
         {{"open_round", f.open_round}, {"elements", f.global.size()}, {"closed", std::move(closed)}});
-    PutFloats(blobs, f.global);
-    PutFloats(blobs, f.momentum);
-    for (const ClosedRoundSnapshot& c : f.closed) {
-      blobs.append(reinterpret_cast<const char*>(c.payload.data()), c.payload.size());
-    }
+    blob_bytes += (f.global.size() + f.momentum.size()) * sizeof(float);
   }
   h["fragments"] = std::move(fragments);
   const std::string header = h.dump();
-  std::string out(kMagic, sizeof(kMagic));
+  // The blobs go straight after the header (one copy of the state, not two).
+  std::string out;
+  out.reserve(sizeof(kMagic) + 8 + header.size() + blob_bytes + 4);
+  out.append(kMagic, sizeof(kMagic));
   PutU64(out, header.size());
   out += header;
-  out += blobs;
+  for (const FragmentSnapshot& f : s.fragments) {
+    PutFloats(out, f.global);
+    PutFloats(out, f.momentum);
+    for (const ClosedRoundSnapshot& c : f.closed) {
+      out.append(reinterpret_cast<const char*>(c.payload.data()), c.payload.size());
+    }
+  }
   PutU32(out, quant::Crc32c(Bytes(out)));
   return out;
 }

@@ -79,7 +79,8 @@ struct CoordinatorCore::Member {
 
 struct CoordinatorCore::ClosedRound {
   uint64_t round = 0;
-  Status failure;  // non-OK when the round's update could not be computed
+  uint64_t sequence = 0;  // counters_.rounds_closed once it closed (checkpoints are ordered by it)
+  Status failure;         // non-OK when the round's update could not be computed
   UpdatePayload update;
   std::vector<uint64_t> contributors;
 };
@@ -347,8 +348,7 @@ StatusOr<JoinResult> CoordinatorCore::Join(const JoinRequest& request) {
     do {
       m->session = session_rng_();
     } while (m->session == 0);
-    m->live = true;
-    m->ready = m->ready && rejoin;  // the same worker coming back has passed the start barrier
+    m->live = true;  // a member that comes back keeps `ready`: it has passed the start barrier
     m->expected_from.assign(fragments_.size(), 0);
     for (size_t p = 0; p < fragments_.size(); ++p) {
       // A round that already has contributions is well under way: do not make it wait for a
@@ -833,6 +833,7 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
   if (at_deadline) {
     ++counters_.rounds_closed_at_deadline;
   }
+  closed.sequence = counters_.rounds_closed;
   fs.closed.push_back(std::move(closed));
   while (fs.closed.size() > options_.retained_rounds) {
     fs.closed.pop_front();
@@ -841,8 +842,12 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
   // The checkpoint goes before the waiters' notifications: they run in order once mu_ is released.
   if (options_.checkpoint_every > 0 && ++closes_since_checkpoint_ >= options_.checkpoint_every) {
     closes_since_checkpoint_ = 0;
+    const uint64_t sequence = counters_.rounds_closed;
     notes.Add([write = options_.on_checkpoint,
                snapshot = std::make_shared<CoordinatorSnapshot>(SnapshotLocked())] { write(*snapshot); });
+    if (DurableUpdates()) {
+      notes.Add([this, sequence] { MarkDurable(sequence); });
+    }
   }
   if (options_.on_round_closed) {
     RoundRecord record{fragment,
@@ -853,22 +858,42 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
                        comm::CrcOfFloats(fs.global)};
     notes.Add([tell = options_.on_round_closed, record = std::move(record)] { tell(record); });
   }
+  ReleaseWaitersLocked(fragment, notes);
+}
 
+void CoordinatorCore::ReleaseWaitersLocked(uint32_t fragment, Notifications& notes) {
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     Waiter& w = *it->second;
-    if (w.for_seed || w.fragment != fragment || w.round != round) {
+    if (w.for_seed || w.fragment != fragment) {
       ++it;
       continue;
     }
-    if (done.failure.ok()) {
-      const uint64_t bytes = done.update.payload->size();
+    StatusOr<std::optional<UpdatePayload>> found = LookupUpdateLocked(fragment, w.round);
+    if (found.ok() && !found->has_value()) {
+      ++it;  // still open, or not yet in a checkpoint
+      continue;
+    }
+    if (found.ok()) {
+      const uint64_t bytes = (*found)->payload->size();
       counters_.sync_bytes_out += bytes;
       worker_stats_[w.worker_id].sync_bytes_out += bytes;
-      notes.Add([cb = std::move(w.on_update), u = done.update] { cb(u); });
+      notes.Add([cb = std::move(w.on_update), u = **found] { cb(u); });
     } else {
-      notes.Add([cb = std::move(w.on_update), s = done.failure] { cb(s); });
+      notes.Add([cb = std::move(w.on_update), st = found.status()] { cb(st); });
     }
     it = waiters_.erase(it);
+  }
+}
+
+void CoordinatorCore::MarkDurable(uint64_t sequence) {
+  Notifications notes;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sequence <= durable_sequence_) {
+    return;
+  }
+  durable_sequence_ = sequence;
+  for (uint32_t p = 0; p < fragments_.size(); ++p) {
+    ReleaseWaitersLocked(p, notes);
   }
 }
 
@@ -898,6 +923,9 @@ StatusOr<std::optional<UpdatePayload>> CoordinatorCore::LookupUpdateLocked(uint3
     if (c.round != round) {
       continue;
     }
+    if (DurableUpdates() && c.sequence > durable_sequence_) {
+      return std::optional<UpdatePayload>();  // closed, but its checkpoint is still being written
+    }
     if (!c.failure.ok()) {
       return c.failure;
     }
@@ -920,8 +948,9 @@ StatusOr<UpdatePayload> CoordinatorCore::GetUpdate(const WorkerKey& key, uint32_
   if (!found->has_value()) {
     const FragmentState& fs = *fragments_[fragment];
     return Unavailable(
-        fmt::format("GetUpdate: round {} of fragment {} is still open ({} of {} expected "
-                    "contributions); wait for it (AwaitUpdate / a GetUpdate stream with a deadline)",
+        fmt::format("GetUpdate: round {} of fragment {} has no update yet (the open round has {} of {} "
+                    "expected contributions; a closed round's update waits for its checkpoint); wait for "
+                    "it (AwaitUpdate / a GetUpdate stream with a deadline)",
                     round, fragment, fs.contributors.size(), ExpectedLocked(fragment)));
   }
   const uint64_t bytes = (*found)->payload->size();
@@ -1222,6 +1251,7 @@ Status CoordinatorCore::RestoreLocked(const CoordinatorSnapshot& s) {
   }
   next_worker_id_ = next_id;
   counters_ = s.counters;
+  durable_sequence_ = counters_.rounds_closed;  // every round it holds is in the file it came from
   spdlog::info(
       "coordinator: restored run '{}' at {} closed rounds ({} members, {} of them live; they have {:.0f} s "
       "to call again)",

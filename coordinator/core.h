@@ -119,10 +119,13 @@ struct CoordinatorOptions {
   uint64_t max_parameters = uint64_t{1} << 32;
 
   // --- Durability. Every `checkpoint_every` closed rounds (over all fragments; 0: never) the core
-  // hands a snapshot to on_checkpoint, on the thread that closed the round, after mu_ is released
-  // and before that round's waiters get its update (so with checkpoint_every = 1 an update reaches
-  // a worker only once the coordinator process has written it). on_checkpoint must be thread safe
-  // (two rounds may close at once on two threads: compare CoordinatorSnapshot::sequence).
+  // hands a snapshot to on_checkpoint, on the thread that closed the round, after mu_ is released.
+  // With checkpoint_every = 1 no one gets a closed round's update (GetUpdate answers UNAVAILABLE,
+  // waits go on) until on_checkpoint has returned for a snapshot that holds it: an update a worker
+  // applied is never lost with the coordinator. (A failed write is the callback's to report; the
+  // update is released all the same.) With a larger K updates go out at once, and a coordinator
+  // restored from an older checkpoint makes workers resync. on_checkpoint must be thread safe (two
+  // rounds may close at once on two threads: compare CoordinatorSnapshot::sequence).
   uint32_t checkpoint_every = 0;
   std::function<void(const CoordinatorSnapshot&)> on_checkpoint;
   // Told of every closed round (after its checkpoint, before its waiters), with mu_ released, on
@@ -421,6 +424,12 @@ class CoordinatorCore {
   uint32_t ExpectedLocked(uint32_t fragment) const;
   void MaybeCloseRoundLocked(uint32_t fragment, SteadyTime now, Notifications& notes);
   void CloseRoundLocked(uint32_t fragment, bool at_deadline, Notifications& notes);
+  // Completes the waits on `fragment` whose round's update can be handed out (or is refused).
+  void ReleaseWaitersLocked(uint32_t fragment, Notifications& notes);
+  // With DurableUpdates: the checkpoint of `sequence` closed rounds is written; release its updates.
+  void MarkDurable(uint64_t sequence);
+  // checkpoint_every == 1: a closed round's update is handed out only once a checkpoint holds it.
+  bool DurableUpdates() const { return options_.checkpoint_every == 1; }
   void RemoveMemberLocked(Member& member, const char* why, Notifications& notes);
   void CheckAllRoundsLocked(SteadyTime now, Notifications& notes);
   std::vector<uint64_t> OpenRoundsLocked() const;
@@ -447,6 +456,7 @@ class CoordinatorCore {
   uint64_t next_worker_id_ = 1;
   WaitId next_wait_id_ = 1;
   uint32_t closes_since_checkpoint_ = 0;
+  uint64_t durable_sequence_ = 0;  // rounds closed as of the last checkpoint written (DurableUpdates)
   std::mt19937_64 session_rng_;
   const uint64_t incarnation_;
 };

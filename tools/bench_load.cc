@@ -1,10 +1,7 @@
 #include "tools/bench_load.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +26,7 @@
 #include "comm/signature.h"
 #include "quant/codec.h"
 #include "tools/command.h"
+#include "tools/process.h"
 
 namespace lowband::tools {
 namespace {
@@ -98,20 +96,10 @@ double LoadAverage() {
   return one;
 }
 
-std::string LastLines(const fs::path& path, size_t n) {
-  std::ifstream f(path);
-  std::vector<std::string> lines;
-  std::string line;
-  while (std::getline(f, line)) lines.push_back(line);
-  std::string out;
-  for (size_t i = lines.size() > n ? lines.size() - n : 0; i < lines.size(); ++i)
-    out += "    " + lines[i] + "\n";
-  return out;
-}
-
 // One `lowband coordinator` child on 127.0.0.1 (a port of its choosing, read from --port-file), its
 // output in a log file of a private temporary directory. The destructor stops it (SIGTERM, then
-// SIGKILL) and removes the directory, so no error path leaves a process behind.
+// SIGKILL) and removes the directory, so no error path leaves a process behind (and
+// tools/process.h's PDEATHSIG covers a benchmark that is killed).
 class CoordinatorProcess {
  public:
   CoordinatorProcess(const std::string& self, const std::vector<std::string>& settings) {
@@ -126,56 +114,12 @@ class CoordinatorProcess {
       args.push_back("--set");
       args.push_back(s);
     }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    // fork + exec rather than posix_spawn, for PR_SET_PDEATHSIG: however this process ends (even
-    // SIGKILL), the coordinator is sent SIGTERM, so a benchmark never leaves one behind. A
-    // close-on-exec pipe carries exec's errno back, so a missing executable is an error here.
-    const int log = ::open(log_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    const int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    int status_pipe[2] = {-1, -1};
-    if (log < 0 || null < 0 || ::pipe2(status_pipe, O_CLOEXEC) != 0) {
-      const int e = errno;
-      for (int fd : {log, null}) {
-        if (fd >= 0) ::close(fd);
-      }
+    StatusOr<Child> child = Spawn("the coordinator", args, log_path().string());
+    if (!child.ok()) {
       Cleanup();
-      throw CommandError(fmt::format("cannot prepare the coordinator's log: {}", std::strerror(e)));
+      throw CommandError(child.status().message());
     }
-    const pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ == 0) {  // the child: async-signal-safe calls only
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (::getppid() != parent) ::_exit(127);
-      ::dup2(null, STDIN_FILENO);
-      ::dup2(log, STDOUT_FILENO);
-      ::dup2(log, STDERR_FILENO);
-      ::execv(argv[0], argv.data());
-      const int e = errno;
-      (void)!::write(status_pipe[1], &e, sizeof e);
-      ::_exit(127);
-    }
-    const int fork_errno = errno;
-    ::close(status_pipe[1]);
-    ::close(log);
-    ::close(null);
-    int exec_errno = pid_ < 0 ? fork_errno : 0;
-    if (pid_ > 0) {
-      ssize_t n;
-      do {
-        n = ::read(status_pipe[0], &exec_errno, sizeof exec_errno);
-      } while (n < 0 && errno == EINTR);
-      if (n != static_cast<ssize_t>(sizeof exec_errno)) exec_errno = 0;  // EOF: exec succeeded
-      if (exec_errno != 0) ::waitpid(pid_, &status_, 0);
-    }
-    ::close(status_pipe[0]);
-    if (exec_errno != 0) {
-      pid_ = -1;
-      Cleanup();
-      throw CommandError(
-          fmt::format("cannot start the coordinator ({}): {}", self, std::strerror(exec_errno)));
-    }
+    children_.push_back(std::move(child).value());
     started_ = Clock::now();
   }
   ~CoordinatorProcess() {
@@ -185,48 +129,28 @@ class CoordinatorProcess {
   CoordinatorProcess(const CoordinatorProcess&) = delete;
   CoordinatorProcess& operator=(const CoordinatorProcess&) = delete;
 
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return children_.front().pid; }
   Clock::time_point started() const { return started_; }
   fs::path log_path() const { return dir_ / "coordinator.log"; }
 
   // Waits for the port file; fails naming the log's tail if the process exits first.
   int WaitForPort(std::chrono::seconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      std::ifstream in(dir_ / "port");
-      int port = 0;
-      if (in >> port && port > 0) return port;
-      if (const std::string why = Exited(); !why.empty()) throw CommandError(why);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    throw CommandError(fmt::format("the coordinator did not report its port within {} s; its log:\n{}",
-                                   timeout.count(), LastLines(log_path(), 20)));
+    StatusOr<int> port =
+        WaitForPortFile((dir_ / "port").string(), children_, "the coordinator", log_path().string(), timeout);
+    if (!port.ok()) throw CommandError(port.status().message());
+    return *port;
   }
 
   // "" while it runs; otherwise how it ended and its log's tail.
   std::string Exited() {
-    if (pid_ <= 0 || done_) return done_ ? Describe() : "";
-    if (::waitpid(pid_, &status_, WNOHANG) != pid_) return "";
-    done_ = true;
-    return Describe();
+    Child& c = children_.front();
+    if (!Poll(c)) return "";
+    return fmt::format("the coordinator (pid {}) ended with {}; its log:\n{}", c.pid, Describe(c.status),
+                       Tail(c.log, 20));
   }
 
   // SIGTERM, up to 15 s to finish (it writes its result file), then SIGKILL. Idempotent.
-  void Stop() {
-    if (pid_ <= 0 || done_) return;
-    ::kill(pid_, SIGTERM);
-    const auto deadline = Clock::now() + std::chrono::seconds(15);
-    while (Clock::now() < deadline) {
-      if (::waitpid(pid_, &status_, WNOHANG) == pid_) {
-        done_ = true;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, &status_, 0);
-    done_ = true;
-  }
+  void Stop() { tools::Stop(children_, {0}, std::chrono::seconds(15)); }
 
   // The counters the coordinator writes when it stops (metrics/coordinator-result.json), or null.
   nlohmann::json Result() const {
@@ -241,18 +165,9 @@ class CoordinatorProcess {
     std::error_code ec;
     fs::remove_all(dir_, ec);
   }
-  std::string Describe() const {
-    std::string how = WIFEXITED(status_)     ? fmt::format("exit code {}", WEXITSTATUS(status_))
-                      : WIFSIGNALED(status_) ? fmt::format("signal {}", WTERMSIG(status_))
-                                             : "an unknown status";
-    return fmt::format("the coordinator (pid {}) ended with {}; its log:\n{}", pid_, how,
-                       LastLines(log_path(), 20));
-  }
 
   fs::path dir_;
-  pid_t pid_ = -1;
-  int status_ = 0;
-  bool done_ = false;
+  std::vector<Child> children_;  // the one coordinator (a vector for tools/process.h)
   Clock::time_point started_;
 };
 
@@ -722,7 +637,7 @@ nlohmann::json RunPoint(const LoadBenchOptions& o, int workers, const std::strin
     for (size_t w = 0; w < sh.errors.size(); ++w) {
       if (!sh.errors[w].empty()) {
         throw CommandError(fmt::format("{} workers: worker {}: {}\ncoordinator log:\n{}", workers, w,
-                                       sh.errors[w], LastLines(coord.log_path(), 10)));
+                                       sh.errors[w], Tail(coord.log_path().string(), 10)));
       }
     }
     throw CommandError(fmt::format("{} workers: the run failed", workers));
@@ -850,18 +765,11 @@ void CheckOptions(const LoadBenchOptions& o) {
   if (Status s = quant::Validate(spec); !s.ok()) bad("--block: " + s.message());
 }
 
-std::string SelfExecutable() {
-  std::error_code ec;
-  auto p = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) throw CommandError("cannot read /proc/self/exe: " + ec.message());
-  return p.string();
-}
-
 }  // namespace
 
 nlohmann::json RunLoadBench(const LoadBenchOptions& o) {
   CheckOptions(o);
-  const std::string self = o.self.empty() ? SelfExecutable() : o.self;
+  const std::string self = o.self.empty() ? SelfPath() : o.self;
   const auto t0 = Clock::now();
   nlohmann::json points = nlohmann::json::array();
   for (int w : o.workers) points.push_back(RunPoint(o, w, self));

@@ -12,6 +12,7 @@
 #include "tools/command.h"
 #include "tools/config.h"
 #include "tools/launcher.h"
+#include "tools/process.h"
 
 #if defined(LOWBAND_HAVE_GRPC)
 #include "comm/outer_update.h"
@@ -36,12 +37,6 @@ RunConfig Resolve(const ConfigFlags& flags) {
 
 void Check(const Status& s) {
   if (!s.ok()) throw CommandError(s.ToString());
-}
-
-std::string SelfPath() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string("lowband") : p.string();
 }
 
 struct CoordinatorFlags {

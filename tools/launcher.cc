@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +26,7 @@
 #include "comm/ports.h"
 #include "sim/units.h"
 #include "tools/command.h"
+#include "tools/process.h"
 
 extern char** environ;
 
@@ -35,50 +35,19 @@ namespace fs = std::filesystem;
 namespace {
 
 volatile std::sig_atomic_t g_interrupted = 0;
+constexpr std::chrono::seconds kPortTimeout{30};
 void OnSignal(int) { g_interrupted = 1; }
 
-struct Child {
-  std::string name;
-  pid_t pid = -1;
-  std::string log;
-  bool done = false;
-  int status = 0;
-};
-
-// Starts `self args...` with stdout+stderr into `log`; inside network namespace `netns` (through
-// `ip netns exec`) when it is not empty.
-StatusOr<Child> Spawn(const std::string& name, const std::string& self, const std::vector<std::string>& args,
-                      const std::string& log, const std::string& netns = "") {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
-  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  std::vector<std::string> all;
-  if (!netns.empty()) all = {"ip", "netns", "exec", netns};
-  all.push_back(self);
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  Child c{name, -1, log};
-  const int rc = posix_spawnp(&c.pid, all[0].c_str(), &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) return Unavailable(fmt::format("cannot start {} ({}): {}", name, all[0], std::strerror(rc)));
-  return c;
-}
-
-std::string Tail(const std::string& path, size_t lines) {
-  std::ifstream f(path);
-  std::deque<std::string> last;
-  std::string line;
-  while (std::getline(f, line)) {
-    last.push_back(line);
-    if (last.size() > lines) last.pop_front();
-  }
-  std::string out;
-  for (auto& l : last) out += "    " + l + "\n";
-  return out;
+// `self args...` as a child of the run, inside network namespace `netns` (through `ip netns exec`)
+// when it is not empty.
+StatusOr<Child> SpawnTool(const std::string& name, const std::string& self,
+                          const std::vector<std::string>& args, const std::string& log,
+                          const std::string& netns = "") {
+  std::vector<std::string> argv;
+  if (!netns.empty()) argv = {"ip", "netns", "exec", netns};
+  argv.push_back(self);
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Spawn(name, argv, log);
 }
 
 // Follows one JSONL file: remembers the offset, parses complete new lines.
@@ -104,55 +73,6 @@ class JsonlFollower {
   std::string path_;
   std::streamoff offset_ = 0;
 };
-
-// Asks children[which] to stop (SIGTERM), waits up to `grace` for them to exit, then kills
-// (SIGKILL) and reaps whatever is left.
-void Stop(std::vector<Child>& children, const std::vector<size_t>& which, std::chrono::milliseconds grace) {
-  for (size_t i : which) {
-    if (!children[i].done) ::kill(children[i].pid, SIGTERM);
-  }
-  const auto end = std::chrono::steady_clock::now() + grace;
-  for (;;) {
-    bool all = true;
-    for (size_t i : which) {
-      Child& c = children[i];
-      if (!c.done && ::waitpid(c.pid, &c.status, WNOHANG) == c.pid) c.done = true;
-      all = all && c.done;
-    }
-    if (all || std::chrono::steady_clock::now() >= end) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  for (size_t i : which) {
-    Child& c = children[i];
-    if (!c.done) {
-      ::kill(c.pid, SIGKILL);
-      ::waitpid(c.pid, &c.status, 0);
-      c.done = true;
-    }
-  }
-}
-
-// Reaps finished children; returns the first that failed.
-std::optional<Child> Reap(std::vector<Child>& children) {
-  std::optional<Child> failed;
-  for (auto& c : children) {
-    if (c.done) continue;
-    int st = 0;
-    if (::waitpid(c.pid, &st, WNOHANG) == c.pid) {
-      c.done = true;
-      c.status = st;
-      const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-      if (!ok && !failed) failed = c;
-    }
-  }
-  return failed;
-}
-
-std::string Describe(int st) {
-  if (WIFEXITED(st)) return fmt::format("exit code {}", WEXITSTATUS(st));
-  if (WIFSIGNALED(st)) return fmt::format("signal {} ({})", WTERMSIG(st), strsignal(WTERMSIG(st)));
-  return "unknown status";
-}
 
 StatusOr<nlohmann::json> ReadJson(const std::string& path) {
   std::ifstream f(path);
@@ -360,24 +280,6 @@ bool HasLink(const LaunchOptions& o) {
          !o.link_up_rate.empty() || !o.link_down_rate.empty();
 }
 
-// Waits for a child to write its port into `port_file`.
-StatusOr<int> WaitForPort(const std::string& port_file, std::vector<Child>& children, const std::string& what,
-                          const std::string& log) {
-  for (int i = 0; i < 300 && !fs::exists(port_file); ++i) {
-    if (auto failed = Reap(children)) {
-      return Unavailable(fmt::format("{} exited at start ({}); its log:\n{}", failed->name,
-                                     Describe(failed->status), Tail(failed->log, 20)));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  std::ifstream pf(port_file);
-  int port = 0;
-  pf >> port;
-  if (port <= 0)
-    return Unavailable(fmt::format("{} did not report its port within 30 s (see {})", what, log));
-  return port;
-}
-
 // The link options of `lowband launch` (--link-*, --netns-rate), parsed once.
 struct LinkConfig {
   bool shaped = false;                     // a `lowband link` shaper per worker (HasLink)
@@ -512,10 +414,10 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
     if (!o.http.empty()) args.insert(args.end(), {"--http", o.http});
     args.insert(args.end(), common.begin(), common.end());
     const std::string log = o.out + "/logs/coordinator.log";
-    LOWBAND_ASSIGN_OR_RETURN(Child c, Spawn("coordinator", o.self, args, log, coord_ns));
+    LOWBAND_ASSIGN_OR_RETURN(Child c, SpawnTool("coordinator", o.self, args, log, coord_ns));
     coordinator_child = children.size();
     children.push_back(c);
-    auto port = WaitForPort(port_file, children, "the coordinator", log);
+    auto port = WaitForPortFile(port_file, children, "the coordinator", log, kPortTimeout);
     if (!port.ok()) return fail(port.status());
     const std::string coordinator = fmt::format("{}:{}", host, *port);
     spdlog::info("coordinator listening on {}", coordinator);
@@ -537,14 +439,14 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
       add("--jitter", o.link_jitter);
       add("--up-rate", o.link_up_rate);
       add("--down-rate", o.link_down_rate);
-      auto sc = Spawn(fmt::format("link shaper {}", i), o.self, la, shaper_log(i), coord_ns);
+      auto sc = SpawnTool(fmt::format("link shaper {}", i), o.self, la, shaper_log(i), coord_ns);
       if (!sc.ok()) return fail(sc.status());
       shaper_children.push_back(children.size());
       children.push_back(*sc);
     }
     for (int i = 0; shaped && i < o.workers; ++i) {
-      auto sp = WaitForPort(shaper_port(i), children, fmt::format("the link shaper of worker {}", i),
-                            shaper_log(i));
+      auto sp = WaitForPortFile(shaper_port(i), children, fmt::format("the link shaper of worker {}", i),
+                                shaper_log(i), kPortTimeout);
       if (!sp.ok()) return fail(sp.status());
       endpoints[i] = fmt::format("{}:{}", host, *sp);
     }
@@ -568,8 +470,8 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
       if (ranks > 1) args.insert(args.end(), {"--rank", std::to_string(rank), "--site-store", site_store});
       const std::string id =
           rank == 0 ? fmt::format("worker-{}", i) : fmt::format("worker-{}-rank-{}", i, rank);
-      auto c = Spawn(rank == 0 ? fmt::format("worker {}", i) : fmt::format("worker {} rank {}", i, rank),
-                     o.self, args, fmt::format("{}/logs/{}.log", o.out, id), worker_ns(i));
+      auto c = SpawnTool(rank == 0 ? fmt::format("worker {}", i) : fmt::format("worker {} rank {}", i, rank),
+                         o.self, args, fmt::format("{}/logs/{}.log", o.out, id), worker_ns(i));
       if (!c.ok()) return fail(c.status());
       worker_children.push_back(children.size());
       children.push_back(*c);

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
+#include "tests/coordinator/core_fixture.h"
 #include "tests/coordinator/fake_worker.h"
 
 namespace lowband::coordinator {
@@ -38,18 +39,7 @@ quant::CodecSpec Fp32() {
 
 class CoreTest : public ::testing::Test {
  protected:
-  CoordinatorOptions BaseOptions() {
-    CoordinatorOptions o;
-    o.run_id = "run-a";
-    o.token = "secret";
-    o.layout.num_fragments = 3;
-    o.inner_steps = 30;
-    o.round_timeout = seconds(10);
-    o.heartbeat_timeout = seconds(30);
-    o.heartbeat_interval = seconds(5);
-    o.clock = &clock_;
-    return o;
-  }
+  CoordinatorOptions BaseOptions() { return lowband::testing::TestCoordinatorOptions(&clock_); }
 
   void Start(CoordinatorOptions o) {
     auto core = CoordinatorCore::Create(std::move(o));
@@ -57,15 +47,7 @@ class CoreTest : public ::testing::Test {
     core_ = std::move(core).value();
   }
 
-  JoinRequest Request(const std::string& name = "w") {
-    JoinRequest r;
-    r.run_id = "run-a";
-    r.token = "secret";
-    r.signature = TestSignature();
-    r.worker_name = name;
-    r.host = "localhost";
-    return r;
-  }
+  JoinRequest Request(const std::string& name = "w") { return lowband::testing::TestJoinRequest(name); }
 
   // Joins m workers; the first seeds, all bootstrap. Fills keys_ and workers_.
   void JoinAndSeed(int m) {
