@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up this machine, builds lowband and runs the whole test suite (what CI runs: .ci/run).
-#   FUZZ=1 deploy/test.sh     build in build/; first the libFuzzer targets (deploy/fuzz.sh: clang,
+#   deploy/test.sh            build in build/; first the libFuzzer targets (deploy/fuzz.sh: clang,
 #                             ASan+UBSan, torch-free, in build-fuzz/) each run for FUZZ_SECONDS;
 #                             then all tests (ctest's summary is the last line)
 #   BUILD_DIR=build-asan SANITIZE=address FUZZ=0 deploy/test.sh    the tests under ASan+UBSan (.ci/asan)
@@ -11,7 +11,7 @@
 #   WITH_TORCH     ON | OFF: build the LibTorch parts (ON; .ci/tsan builds without them)
 #   TESTS          a ctest -R regular expression: run only the tests it matches (all)
 #   TESTS_EXCLUDE  a ctest -E regular expression: leave out the tests it matches (none)
-#   FUZZ           1 | 0: build and run the fuzz targets first (0 until a clean-clone CI run with it is measured)
+#   FUZZ           1 | 0: build and run the fuzz targets first (1)
 #   FUZZ_SECONDS   seconds per fuzz target (15), from the corpora in build-fuzz/fuzz-corpus/
 #   JOBS           parallel build and test jobs (nproc)
 set -euo pipefail
@@ -21,7 +21,7 @@ SANITIZE=${SANITIZE:-}
 WITH_TORCH=${WITH_TORCH:-ON}
 TESTS=${TESTS:-}
 TESTS_EXCLUDE=${TESTS_EXCLUDE:-}
-FUZZ=${FUZZ:-0}
+FUZZ=${FUZZ:-1}
 FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 JOBS=${JOBS:-$(nproc)}
 

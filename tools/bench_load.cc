@@ -102,7 +102,7 @@ double LoadAverage() {
 // tools/process.h's PDEATHSIG covers a benchmark that is killed).
 class CoordinatorProcess {
  public:
-  CoordinatorProcess(const std::string& self, const std::vector<std::string>& settings) {
+  CoordinatorProcess(const std::string& self, const std::vector<std::string>& settings, bool checkpoints) {
     std::string tmpl = (fs::temp_directory_path() / "lowband-bench-load-XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr)
       throw CommandError(fmt::format("cannot create a temporary directory: {}", std::strerror(errno)));
@@ -114,6 +114,7 @@ class CoordinatorProcess {
       args.push_back("--set");
       args.push_back(s);
     }
+    if (checkpoints) args.insert(args.end(), {"--checkpoint-dir", (dir_ / "checkpoint").string()});
     StatusOr<Child> child = Spawn("the coordinator", args, log_path().string());
     if (!child.ok()) {
       Cleanup();
@@ -563,12 +564,15 @@ nlohmann::json RunPoint(const LoadBenchOptions& o, int workers, const std::strin
   const std::string token = fmt::format("{:016x}", (static_cast<uint64_t>(rd()) << 32) ^ rd());
   const int H = std::max(100, o.fragments);
   CoordinatorProcess coord(
-      self, {"run.id=" + run_id, "run.token=" + token, fmt::format("diloco.fragments={}", o.fragments),
-             "diloco.nonblock=spread", fmt::format("diloco.H={}", H), "codec.format=" + o.codec,
-             fmt::format("codec.block={}", o.block), fmt::format("coordinator.quorum={}", workers),
-             // Rounds close on all N contributions, never at a deadline, and nobody is dropped.
-             fmt::format("coordinator.round_timeout_s={}", std::max(3600.0, 2 * o.round_timeout_s)),
-             fmt::format("coordinator.heartbeat_timeout_s={}", std::max(600.0, 2 * o.round_timeout_s))});
+      self,
+      {"run.id=" + run_id, "run.token=" + token, fmt::format("diloco.fragments={}", o.fragments),
+       "diloco.nonblock=spread", fmt::format("diloco.H={}", H), "codec.format=" + o.codec,
+       fmt::format("codec.block={}", o.block), fmt::format("coordinator.quorum={}", workers),
+       // Rounds close on all N contributions, never at a deadline, and nobody is dropped.
+       fmt::format("coordinator.round_timeout_s={}", std::max(3600.0, 2 * o.round_timeout_s)),
+       fmt::format("coordinator.heartbeat_timeout_s={}", std::max(600.0, 2 * o.round_timeout_s)),
+       fmt::format("coordinator.checkpoint_every={}", o.checkpoint_every)},
+      o.checkpoint_every > 0);
   const int port = coord.WaitForPort(std::chrono::seconds(60));
   const double port_s = Seconds(Clock::now() - coord.started());
   const double load_before = LoadAverage();
@@ -789,6 +793,7 @@ nlohmann::json RunLoadBench(const LoadBenchOptions& o) {
           {"rounds_requested", o.rounds},
           {"seconds_requested", o.seconds},
           {"warmup_rounds", o.warmup},
+          {"checkpoint_every", o.checkpoint_every},
           {"sample_ms", o.sample_ms},
           {"total_seconds", Seconds(Clock::now() - t0)},
           {"points", points}};

@@ -46,6 +46,10 @@ struct LoadBenchOptions {
   int progress_every = 0;
   // A round that has not closed after this long fails the benchmark.
   double round_timeout_s = 300;
+  // The coordinator writes its checkpoint (into its temporary directory) every N closed rounds, as
+  // `lowband coordinator --checkpoint-dir` does; 0: no checkpoints. Compare the two to see what
+  // durability costs.
+  int checkpoint_every = 0;
   // The executable whose `coordinator` subcommand is started ("" = this process's own executable).
   std::string self;
   bool progress = true;  // progress lines on stderr

@@ -117,6 +117,10 @@ void RegisterBench(CLI::App& app) {
                 "Fail when a round has not closed after this many seconds")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  l->add_option("--checkpoint-every", load->checkpoint_every,
+                "The coordinator checkpoints every N closed rounds (to a temporary directory; 0: never)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   l->add_option("--coordinator-bin", load->self,
                 "Executable whose `coordinator` subcommand is started (default: this lowband)");
   l->callback([load, load_out, json, rounds] {

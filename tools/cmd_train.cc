@@ -204,6 +204,8 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
                       {"global_crc", (*core)->GlobalStateCrc()},
                       {"open_rounds", open_rounds},
                       {"rejoins", counters.rejoins},
+                      {"checkpoints_written", store ? store->writes() : 0},
+                      {"checkpoint_last_write_seconds", store ? store->last_write_seconds() : 0.0},
                       {"restored", restored.has_value()},
                       {"wall_seconds", clock.Elapsed()}};
   if (!f.out.empty()) Check(comm::WriteJsonFile(f.out + "/metrics/coordinator-result.json", r));

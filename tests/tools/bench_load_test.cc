@@ -73,6 +73,22 @@ TEST(BenchLoad, SweepMeasuresEveryRoundOfEveryPoint) {
   EXPECT_THAT(LoadBenchTable(r), HasSubstr("rounds/s"));
 }
 
+// With --checkpoint-every 1 the coordinator writes a checkpoint at every closed round (and once
+// more when it stops), and every round still closes with every contribution.
+TEST(BenchLoad, CheckpointingCoordinatorWritesOneCheckpointPerClosedRound) {
+  LoadBenchOptions o = Small();
+  o.workers = {2};
+  o.checkpoint_every = 1;
+  const nlohmann::json r = RunLoadBench(o);
+  EXPECT_EQ(r["checkpoint_every"].get<int>(), 1);
+  const auto& c = r["points"][0]["coordinator_counters"];
+  ASSERT_TRUE(c.is_object());
+  const int closed = (o.warmup + o.rounds) * o.fragments;
+  EXPECT_EQ(c["rounds_closed"].get<int>(), closed);
+  EXPECT_EQ(c["checkpoints_written"].get<int>(), closed + 1);
+  EXPECT_GT(c["checkpoint_last_write_seconds"].get<double>(), 0.0);
+}
+
 int ExitCodeOf(const LoadBenchOptions& o) {
   try {
     (void)RunLoadBench(o);
