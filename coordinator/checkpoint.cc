@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <limits>
+#include <stdexcept>
 #include <system_error>
 
 #include <fmt/format.h>
@@ -64,24 +66,55 @@ nlohmann::json CountersToJson(const CoordinatorCounters& c) {
 
 namespace {
 
+// A header integer of type T. nlohmann's get<> converts a float (2.5, 3.8e19) to an integer type
+// without a check, and out of range that is undefined behaviour; a checkpoint is input, so floats,
+// negatives where T is unsigned, and values out of T's range are refused (the decoder turns the
+// exception into DATA_LOSS).
+template <typename T>
+T Int(const nlohmann::json& j) {
+  if (!j.is_number_integer()) throw std::invalid_argument("expected an integer, got " + j.dump());
+  if (j.is_number_unsigned()) {
+    const uint64_t v = j.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+      throw std::out_of_range("integer " + j.dump() + " out of range");
+    }
+    return static_cast<T>(v);
+  }
+  const int64_t v = j.get<int64_t>();
+  if (v < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+      (v > 0 && static_cast<uint64_t>(v) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+    throw std::out_of_range("integer " + j.dump() + " out of range");
+  }
+  return static_cast<T>(v);
+}
+
+template <typename T>
+std::vector<T> Ints(const nlohmann::json& j) {
+  if (!j.is_array()) throw std::invalid_argument("expected an array of integers, got " + j.dump());
+  std::vector<T> out;
+  out.reserve(j.size());
+  for (const auto& v : j) out.push_back(Int<T>(v));
+  return out;
+}
+
 CoordinatorCounters CountersFrom(const nlohmann::json& j) {
   CoordinatorCounters c;
-  c.joins = j.at("joins").get<uint64_t>();
-  c.rejoins = j.at("rejoins").get<uint64_t>();
-  c.leaves = j.at("leaves").get<uint64_t>();
-  c.expirations = j.at("expirations").get<uint64_t>();
-  c.rounds_closed = j.at("rounds_closed").get<uint64_t>();
-  c.rounds_closed_at_deadline = j.at("rounds_closed_at_deadline").get<uint64_t>();
-  c.rounds_overdue = j.at("rounds_overdue").get<uint64_t>();
-  c.rounds_failed = j.at("rounds_failed").get<uint64_t>();
-  c.contributions = j.at("contributions").get<uint64_t>();
-  c.duplicate_pushes = j.at("duplicate_pushes").get<uint64_t>();
-  c.late_pushes = j.at("late_pushes").get<uint64_t>();
-  c.refusals = j.at("refusals").get<uint64_t>();
-  c.sync_bytes_in = j.at("sync_bytes_in").get<uint64_t>();
-  c.sync_bytes_out = j.at("sync_bytes_out").get<uint64_t>();
-  c.bootstrap_bytes_in = j.at("bootstrap_bytes_in").get<uint64_t>();
-  c.bootstrap_bytes_out = j.at("bootstrap_bytes_out").get<uint64_t>();
+  c.joins = Int<uint64_t>(j.at("joins"));
+  c.rejoins = Int<uint64_t>(j.at("rejoins"));
+  c.leaves = Int<uint64_t>(j.at("leaves"));
+  c.expirations = Int<uint64_t>(j.at("expirations"));
+  c.rounds_closed = Int<uint64_t>(j.at("rounds_closed"));
+  c.rounds_closed_at_deadline = Int<uint64_t>(j.at("rounds_closed_at_deadline"));
+  c.rounds_overdue = Int<uint64_t>(j.at("rounds_overdue"));
+  c.rounds_failed = Int<uint64_t>(j.at("rounds_failed"));
+  c.contributions = Int<uint64_t>(j.at("contributions"));
+  c.duplicate_pushes = Int<uint64_t>(j.at("duplicate_pushes"));
+  c.late_pushes = Int<uint64_t>(j.at("late_pushes"));
+  c.refusals = Int<uint64_t>(j.at("refusals"));
+  c.sync_bytes_in = Int<uint64_t>(j.at("sync_bytes_in"));
+  c.sync_bytes_out = Int<uint64_t>(j.at("sync_bytes_out"));
+  c.bootstrap_bytes_in = Int<uint64_t>(j.at("bootstrap_bytes_in"));
+  c.bootstrap_bytes_out = Int<uint64_t>(j.at("bootstrap_bytes_out"));
   return c;
 }
 
@@ -200,45 +233,45 @@ StatusOr<CoordinatorSnapshot> DecodeCheckpoint(std::string_view bytes) {
   CoordinatorSnapshot s;
   try {
     s.run_id = h.at("run_id").get<std::string>();
-    s.sequence = h.at("sequence").get<uint64_t>();
+    s.sequence = Int<uint64_t>(h.at("sequence"));
     s.seeded = h.at("seeded").get<bool>();
-    s.seed_crc = h.at("seed_crc").get<uint32_t>();
-    s.next_worker_id = h.at("next_worker_id").get<uint64_t>();
-    s.layout.num_fragments = h.at("layout").at("num_fragments").get<uint32_t>();
+    s.seed_crc = Int<uint32_t>(h.at("seed_crc"));
+    s.next_worker_id = Int<uint64_t>(h.at("next_worker_id"));
+    s.layout.num_fragments = Int<uint32_t>(h.at("layout").at("num_fragments"));
     LOWBAND_ASSIGN_OR_RETURN(s.layout.nonblock,
                              comm::ParseNonBlockPolicy(h.at("layout").at("nonblock").get<std::string>()));
     if (h.contains("signature")) {
       comm::ModelSignature sig;
       for (const auto& t : h.at("signature").at("tensors")) {
-        sig.tensors.push_back({t.at("name").get<std::string>(), t.at("shape").get<std::vector<int64_t>>(),
+        sig.tensors.push_back({t.at("name").get<std::string>(), Ints<int64_t>(t.at("shape")),
                                t.at("dtype").get<std::string>()});
       }
-      sig.hash = h.at("signature").at("hash").get<uint64_t>();
+      sig.hash = Int<uint64_t>(h.at("signature").at("hash"));
       LOWBAND_RETURN_IF_ERROR(comm::ValidateSignature(sig).WithContext("coordinator checkpoint: signature"));
       s.signature = std::move(sig);
     }
     s.counters = CountersFrom(h.at("counters"));
     for (const auto& m : h.at("members")) {
-      s.members.push_back({m.at("id").get<uint64_t>(), m.at("session").get<uint64_t>(),
-                           m.at("nonce").get<uint64_t>(), m.at("name").get<std::string>(),
+      s.members.push_back({Int<uint64_t>(m.at("id")), Int<uint64_t>(m.at("session")),
+                           Int<uint64_t>(m.at("nonce")), m.at("name").get<std::string>(),
                            m.at("host").get<std::string>(), m.at("live").get<bool>(),
-                           m.at("ready").get<bool>(), m.at("expected_from").get<std::vector<uint64_t>>()});
+                           m.at("ready").get<bool>(), Ints<uint64_t>(m.at("expected_from"))});
     }
     uint32_t p = 0;
     for (const auto& f : h.at("fragments")) {
       FragmentSnapshot fs;
-      fs.open_round = f.at("open_round").get<uint64_t>();
-      const uint64_t elements = f.at("elements").get<uint64_t>();
+      fs.open_round = Int<uint64_t>(f.at("open_round"));
+      const uint64_t elements = Int<uint64_t>(f.at("elements"));
       LOWBAND_RETURN_IF_ERROR(
           blobs.Floats(elements, &fs.global, fmt::format("fragment {}'s global state", p)));
       LOWBAND_RETURN_IF_ERROR(blobs.Floats(elements, &fs.momentum, fmt::format("fragment {}'s momentum", p)));
       for (const auto& c : f.at("closed")) {
         ClosedRoundSnapshot r;
-        r.round = c.at("round").get<uint64_t>();
-        r.contributions = c.at("contributions").get<uint32_t>();
-        r.contributors = c.at("contributors").get<std::vector<uint64_t>>();
+        r.round = Int<uint64_t>(c.at("round"));
+        r.contributions = Int<uint32_t>(c.at("contributions"));
+        r.contributors = Ints<uint64_t>(c.at("contributors"));
         r.failure = c.at("failure").get<std::string>();
-        LOWBAND_RETURN_IF_ERROR(blobs.Raw(c.at("payload_bytes").get<uint64_t>(), &r.payload,
+        LOWBAND_RETURN_IF_ERROR(blobs.Raw(Int<uint64_t>(c.at("payload_bytes")), &r.payload,
                                           fmt::format("fragment {}'s update of round {}", p, r.round)));
         fs.closed.push_back(std::move(r));
       }

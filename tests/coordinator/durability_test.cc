@@ -2,18 +2,23 @@
 // limits. Transport-free (the core and coordinator/checkpoint.h); tests/integration/chaos_test.cc
 // kills real processes.
 #include <chrono>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "coordinator/checkpoint.h"
 #include "coordinator/clock.h"
 #include "coordinator/core.h"
+#include "quant/codec.h"
 #include "tests/coordinator/core_fixture.h"
 #include "tests/coordinator/fake_worker.h"
 
@@ -165,6 +170,48 @@ TEST_F(DurabilityTest, CheckpointFilesRefuseCorruptionTruncationAndOtherRuns) {
   EXPECT_EQ(std::filesystem::status(store.path()).permissions() & std::filesystem::perms::others_read,
             std::filesystem::perms::none);
   std::filesystem::remove_all(dir);
+}
+
+// A checkpoint file whose JSON header was changed by `edit` (the CRC made right again), so that
+// the checks behind the checksum are what refuses it.
+std::string WithHeader(const std::string& file, const std::function<void(nlohmann::json&)>& edit) {
+  uint64_t len = 0;
+  std::memcpy(&len, file.data() + 8, 8);
+  nlohmann::json h = nlohmann::json::parse(file.substr(16, len));
+  edit(h);
+  const std::string header = h.dump();
+  std::string out = file.substr(0, 8);
+  const uint64_t new_len = header.size();
+  out.append(reinterpret_cast<const char*>(&new_len), 8);
+  out += header;
+  out += file.substr(16 + len, file.size() - 16 - len - 4);
+  const uint32_t crc =
+      quant::Crc32c(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(out.data()), out.size()));
+  out.append(reinterpret_cast<const char*>(&crc), 4);
+  return out;
+}
+
+// Found by fuzz_coordinator_checkpoint in CI: a float where the header has an integer was converted
+// unchecked (3.8e19 into uint64_t is undefined behaviour; 2.5 silently became 2).
+TEST_F(DurabilityTest, CheckpointHeaderIntegersMustBeIntegersInRange) {
+  auto a = CoordinatorCore::Create(Options());
+  ASSERT_TRUE(a.ok());
+  JoinAndSeed(**a, 2);
+  RunRound(**a, 0, 0);
+  const std::string good = EncodeCheckpoint((*a)->Snapshot());
+  ASSERT_TRUE(DecodeCheckpoint(WithHeader(good, [](nlohmann::json&) {})).ok());
+  const std::vector<std::function<void(nlohmann::json&)>> edits = {
+      [](nlohmann::json& h) { h["fragments"][0]["open_round"] = 2.5; },
+      [](nlohmann::json& h) { h["sequence"] = 3.78e19; },
+      [](nlohmann::json& h) { h["next_worker_id"] = -1; },
+      [](nlohmann::json& h) { h["seed_crc"] = uint64_t{1} << 40; },
+      [](nlohmann::json& h) { h["members"][0]["expected_from"][0] = 1.0; },
+      [](nlohmann::json& h) { h["counters"]["joins"] = "2"; },
+  };
+  for (size_t i = 0; i < edits.size(); ++i) {
+    auto d = DecodeCheckpoint(WithHeader(good, edits[i]));
+    EXPECT_EQ(d.status().code(), StatusCode::kDataLoss) << "edit " << i;
+  }
 }
 
 TEST_F(DurabilityTest, UpdateReachesWaitersOnlyAfterItsCheckpoint) {
