@@ -154,8 +154,9 @@ struct CoordinatorClient::Impl {
                                               what, target, Seconds(deadline), s.message()));
         }
         if (s.code() == StatusCode::kUnavailable) {
-          return Unavailable(fmt::format("{}: the coordinator at {} is unavailable after {} attempt(s): {}",
-                                         what, target, i, s.message()));
+          return Unavailable(
+              fmt::format("{}: the coordinator at {} is unavailable after {} attempt(s): {} ({})", what,
+                          target, i, s.message(), ConnectHint(options.tls)));
         }
         return s.WithContext(what);
       }
@@ -205,8 +206,8 @@ StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(const st
       !impl->channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
     return Unavailable(
         fmt::format("cannot reach the coordinator at {} within {:.1f} s; check the address and "
-                    "that the coordinator is running",
-                    target, Seconds(options.connect_timeout)));
+                    "that the coordinator is running; {}",
+                    target, Seconds(options.connect_timeout), ConnectHint(options.tls)));
   }
   return std::unique_ptr<CoordinatorClient>(new CoordinatorClient(std::move(impl)));
 }

@@ -1,5 +1,7 @@
 #include "comm/tls.h"
 
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "comm/durable_file.h"
@@ -21,7 +23,31 @@ StatusOr<std::string> ReadPem(const std::string& path, const char* what, const c
   return text;
 }
 
+std::string InDir(const std::string& dir, const char* name) {
+  return (std::filesystem::path(dir) / name).string();
+}
+
+bool Exists(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::exists(path, ec);
+}
+
 }  // namespace
+
+TlsServerFiles ServerFilesFromDir(const std::string& dir) {
+  TlsServerFiles files{InDir(dir, "tls.crt"), InDir(dir, "tls.key"), InDir(dir, "ca.crt")};
+  if (!Exists(files.client_ca)) files.client_ca.clear();
+  return files;
+}
+
+TlsClientFiles ClientFilesFromDir(const std::string& dir) {
+  TlsClientFiles files{InDir(dir, "ca.crt"), InDir(dir, "tls.crt"), InDir(dir, "tls.key"), ""};
+  if (!Exists(files.cert)) {
+    files.cert.clear();
+    files.key.clear();
+  }
+  return files;
+}
 
 StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsServerFiles& files) {
   if (!files.enabled()) return grpc::InsecureServerCredentials();
@@ -61,6 +87,24 @@ StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const
 
 void ApplyChannelArguments(const TlsClientFiles& files, grpc::ChannelArguments* args) {
   if (files.enabled() && !files.server_name.empty()) args->SetSslTargetNameOverride(files.server_name);
+}
+
+std::string ConnectHint(const TlsClientFiles& files) {
+  if (!files.enabled())
+    return "this client speaks plaintext: if the server serves TLS, pass --tls-dir (or --tls-ca)";
+  return fmt::format(
+      "this client speaks {}TLS: check that the server serves TLS with a certificate signed by the CA in "
+      "'{}'{}{}",
+      files.cert.empty() ? "" : "mutual ", files.ca,
+      files.server_name.empty() ? " and naming the address dialled" : " and naming " + files.server_name,
+      files.cert.empty() ? ", and whether it requires a client certificate (mutual TLS)"
+                         : ", and that it trusts the CA of the client certificate '" + files.cert + "'");
+}
+
+bool PlaintextBeyondLoopback(const TlsServerFiles& files, const std::string& listen_address) {
+  if (files.enabled()) return false;
+  const std::string host = listen_address.substr(0, listen_address.rfind(':'));
+  return !(host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]");
 }
 
 std::string Describe(const TlsServerFiles& files) {

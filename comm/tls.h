@@ -36,6 +36,15 @@ struct TlsClientFiles {
   bool enabled() const { return !ca.empty() || !cert.empty() || !key.empty(); }
 };
 
+// The files of a directory in the kubernetes.io/tls layout, as deploy/make-certs.sh writes one for
+// each role. Server: tls.crt and tls.key (its certificate and key) and, when the directory holds
+// ca.crt, that CA for client certificates (mutual TLS). Client: ca.crt (the CA that signed the
+// server's certificate) and, when the directory holds tls.crt, that certificate and tls.key as the
+// client's own (mutual TLS). Files that must be there are not checked here: MakeServerCredentials
+// and MakeChannelCredentials name the one that is missing.
+TlsServerFiles ServerFilesFromDir(const std::string& dir);
+TlsClientFiles ClientFilesFromDir(const std::string& dir);
+
 // Insecure credentials when nothing is set; INVALID_ARGUMENT naming the missing or unreadable file
 // or the field that must come with another (cert with key).
 StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsServerFiles& files);
@@ -44,5 +53,11 @@ StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const
 void ApplyChannelArguments(const TlsClientFiles& files, grpc::ChannelArguments* args);
 // "plaintext", "TLS" or "mutual TLS", for logs.
 std::string Describe(const TlsServerFiles& files);
+// What to check when a client cannot connect, for its error message: a failed TLS handshake looks
+// like an unreachable server to gRPC, so this names the TLS setting on each side.
+std::string ConnectHint(const TlsClientFiles& files);
+// True when a server with these files would take plaintext connections from beyond this host (a
+// listen address other than 127.0.0.0/8, localhost or [::1]): servers warn about it at start.
+bool PlaintextBeyondLoopback(const TlsServerFiles& files, const std::string& listen_address);
 
 }  // namespace lowband::comm

@@ -661,6 +661,12 @@ StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Coordinato
   server->ticker_ = std::thread([s = server.get()] { s->TickLoop(); });
   spdlog::info("coordinator: serving run '{}' on {} (port {}, {})", core.options().run_id, options.address,
                server->port_, comm::Describe(options.tls));
+  if (comm::PlaintextBeyondLoopback(options.tls, options.address)) {
+    spdlog::warn(
+        "coordinator: plaintext gRPC on {}: anyone on the path can read the run token and the payloads; "
+        "serve TLS with --tls-dir (deploy/make-certs.sh) or keep the port on a trusted network",
+        options.address);
+  }
   return server;
 }
 

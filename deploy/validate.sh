@@ -4,8 +4,10 @@
 #   - yamllint on every YAML file under deploy/ (config: deploy/.yamllint)
 #   - systemd-analyze verify on deploy/systemd/*.service (skipped without systemd-analyze)
 #   - site.sbatch's argument handling: errors, --help, --dry-run
+#   - deploy/make-certs.sh: its error exits; a run's CA, server and client certificates verify
 #   - consistency: the k8s ConfigMap holds configs/brown-gpt.yaml; the Job's completions, parallelism
-#     and LOWBAND_WORKERS agree; the Dockerfile's COPY sources exist
+#     and LOWBAND_WORKERS agree; every coordinator command checkpoints and every Compose/k8s command
+#     uses --tls-dir; the TLS Secrets name make-certs.sh's files; the Dockerfile's COPY sources exist
 #   - kubectl kustomize deploy/k8s, only when kubectl is installed (offline; no cluster)
 # Prints one line per check and exits non-zero if any failed. Needs the Debian packages shellcheck
 # and yamllint (python3-yaml comes with yamllint).
@@ -100,9 +102,51 @@ slurm_check "--help -> usage, exit 0" 0 "--coordinator HOST:PORT" --help
 slurm_check "--dry-run -> srun line with --rank" 0 '^srun .*--rank "\$SLURM_PROCID".* --worker-id 1 --workers 2 --ranks 1 --site-store ' \
   --dry-run --coordinator coord.example.org:50051 --worker-id 1 --workers 2
 
+# ---- make-certs.sh: its error exits, then a run's files checked with openssl
+certs_check() { # certs_check WHAT PATTERN ARGS...: expects exit 2 and PATTERN in the output
+  local what=$1 pattern=$2 rc
+  shift 2
+  bash deploy/make-certs.sh "$@" >"$tmp/certs.out" 2>&1
+  rc=$?
+  if [ $rc -ne 2 ] || ! grep -q -e "$pattern" "$tmp/certs.out"; then
+    fail make-certs "$what: exit $rc, expected 2 and '$pattern'" "$(cat "$tmp/certs.out")"
+  else
+    ok "make-certs: $what"
+  fi
+}
+certs_check "no output directory -> error" "missing the output directory" --server-name a
+certs_check "no --server-name -> error" "missing --server-name" "$tmp/certs-none"
+certs_check "bad --days -> error" "positive number of days" "$tmp/certs-none" --server-name a --days x
+if ! command -v openssl >/dev/null 2>&1; then
+  fail make-certs "openssl is not installed (apt-get install openssl)"
+elif ! out=$(bash deploy/make-certs.sh "$tmp/certs" --server-name lowband-coordinator --server-name 10.0.0.7 2>&1); then
+  fail make-certs "a run's certificates" "$out"
+else
+  c="$tmp/certs"
+  problems=""
+  openssl verify -CAfile "$c/ca.crt" "$c/coordinator/tls.crt" "$c/worker/tls.crt" >/dev/null 2>&1 ||
+    problems+="the certificates do not verify against ca.crt; "
+  san=$(openssl x509 -in "$c/coordinator/tls.crt" -noout -ext subjectAltName 2>&1)
+  grep -q "DNS:lowband-coordinator, IP Address:10.0.0.7" <<<"$san" || problems+="server SAN is '$san'; "
+  for f in ca.key coordinator/tls.key worker/tls.key; do
+    [ "$(stat -c %a "$c/$f")" = 600 ] || problems+="$f is not mode 0600; "
+  done
+  for f in coordinator/ca.crt worker/ca.crt; do cmp -s "$c/ca.crt" "$c/$f" || problems+="$f is not the CA; "; done
+  certs_check "existing CA -> refused" "already holds a run's CA" "$c" --server-name a
+  if ! bash deploy/make-certs.sh "$tmp/certs-tls" --server-name a --no-mutual >/dev/null 2>&1 ||
+    [ -e "$tmp/certs-tls/worker/tls.crt" ] || [ -e "$tmp/certs-tls/coordinator/ca.crt" ]; then
+    problems+="--no-mutual still makes client certificates (or failed); "
+  fi
+  if [ -z "$problems" ]; then
+    ok "make-certs: CA, server (SAN DNS+IP) and client certificates verify; keys 0600; --no-mutual"
+  else
+    fail make-certs "${problems%; }"
+  fi
+fi
+
 # ---- consistency between files
-if out=$(python3 - <<'EOF' 2>&1
-import sys, yaml
+if out=$(python3 - "$tmp/certs" <<'EOF' 2>&1
+import os, sys, yaml
 problems = []
 cm = yaml.safe_load(open("deploy/k8s/configmap.yaml"))
 if cm["data"]["run.yaml"] != open("configs/brown-gpt.yaml").read():
@@ -112,11 +156,30 @@ env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["conta
 counts = {job["spec"]["completions"], job["spec"]["parallelism"], int(env["LOWBAND_WORKERS"])}
 if len(counts) != 1:
     problems.append("workers-job.yaml: completions, parallelism and LOWBAND_WORKERS differ")
+# Every coordinator command checkpoints; every lowband process of Compose and Kubernetes serves or
+# dials TLS from --tls-dir; systemd and Slurm take LOWBAND_TLS_DIR from their environment.
+for f in ["deploy/docker/compose.yaml", "deploy/k8s/coordinator.yaml", "deploy/systemd/lowband-coordinator.service"]:
+    if "--checkpoint-dir" not in open(f).read():
+        problems.append(f + ": the coordinator command lacks --checkpoint-dir")
+for f in ["deploy/docker/compose.yaml", "deploy/k8s/coordinator.yaml", "deploy/k8s/workers-job.yaml"]:
+    text = open(f).read()
+    if text.count("exec lowband ") != text.count("--tls-dir /etc/lowband/tls"):
+        problems.append(f + ": a lowband command without --tls-dir /etc/lowband/tls")
+if "LOWBAND_TLS_DIR=" not in open("deploy/systemd/lowband.env.example").read():
+    problems.append("deploy/systemd/lowband.env.example lacks LOWBAND_TLS_DIR")
+# The TLS Secrets name the files make-certs.sh writes.
+kust = yaml.safe_load(open("deploy/k8s/kustomization.yaml"))
+certs = sys.argv[1]
+for gen in kust["secretGenerator"]:
+    for entry in gen.get("files", []):
+        path = entry.split("=", 1)[-1]
+        if path.startswith("secrets/tls/") and not os.path.isfile(os.path.join(certs, path[len("secrets/tls/"):])):
+            problems.append("kustomization.yaml: " + gen["name"] + " takes " + path + ", which make-certs.sh does not write")
 print("\n".join(problems))
 sys.exit(1 if problems else 0)
 EOF
 ); then
-  ok "consistency: k8s ConfigMap = configs/brown-gpt.yaml; Job counts agree"
+  ok "consistency: k8s ConfigMap = configs/brown-gpt.yaml; Job counts agree; coordinators checkpoint; TLS everywhere"
 else
   fail consistency "k8s files" "$out"
 fi
@@ -139,6 +202,7 @@ else
   cp -r deploy/k8s "$tmp/k8s"
   mkdir -p "$tmp/k8s/secrets"
   echo "token=validate-only" >"$tmp/k8s/secrets/run.env"
+  cp -r "$tmp/certs" "$tmp/k8s/secrets/tls"
   if out=$(kubectl kustomize "$tmp/k8s" 2>&1); then
     ok "kustomize: kubectl kustomize deploy/k8s renders $(grep -c '^kind:' <<<"$out") objects"
   else

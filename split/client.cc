@@ -62,8 +62,8 @@ class SplitClient::Impl {
     if (!channel_->WaitForConnected(deadline)) {
       return Unavailable(
           fmt::format("split server {} not reachable within {} s: is `lowband split-server` running "
-                      "there and the address right?",
-                      options_.server, options_.connect_timeout_s));
+                      "there and the address right? {}",
+                      options_.server, options_.connect_timeout_s, comm::ConnectHint(options_.tls)));
     }
     context_ = std::make_unique<grpc::ClientContext>();
     stream_ = stub_->Train(context_.get());

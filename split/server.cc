@@ -79,6 +79,12 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
       return Unavailable("split-server: cannot listen on '" + options_.listen +
                          "' (address in use or not local?): pick another --listen address");
     }
+    if (comm::PlaintextBeyondLoopback(options_.tls, options_.listen)) {
+      spdlog::warn(
+          "split-server: plaintext gRPC on {}: anyone on the path can read the token, activations and "
+          "gradients; serve TLS with --tls-dir (deploy/make-certs.sh) or keep the port on a trusted network",
+          options_.listen);
+    }
     return Status::Ok();
   }
 

@@ -54,7 +54,7 @@ void RunServer(const RunConfig& c, const ServerFlags& f) {
   split::SplitServerOptions o;
   o.listen = f.listen;
   o.token = c.run.token;
-  o.tls = {c.tls.server_cert, c.tls.server_key, c.tls.client_ca};
+  o.tls = ServerTls(c.tls);
   o.model = c.model;
   o.split = c.split;
   o.seed = c.seed;
@@ -62,10 +62,11 @@ void RunServer(const RunConfig& c, const ServerFlags& f) {
   auto server = split::SplitServer::Start(o);
   Ok(server.status());
   spdlog::info(
-      "split-server on port {}: GPT d_model {} x {} blocks, cut after block {} ({} on the server), task {}, "
+      "split-server on port {} ({}): GPT d_model {} x {} blocks, cut after block {} ({} on the server), task "
+      "{}, "
       "base '{}'",
-      (*server)->port(), c.model.d_model, c.model.n_layers, c.split.cut - 1, c.model.n_layers - c.split.cut,
-      c.split.task, c.split.base.empty() ? "(random init)" : c.split.base);
+      (*server)->port(), comm::Describe(o.tls), c.model.d_model, c.model.n_layers, c.split.cut - 1,
+      c.model.n_layers - c.split.cut, c.split.task, c.split.base.empty() ? "(random init)" : c.split.base);
   if (!f.port_file.empty()) {
     const Status written = WritePortFile(f.port_file, (*server)->port());
     if (!written.ok()) throw CommandError("split-server: --port-file: " + written.message());
@@ -127,7 +128,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   split::SplitClientOptions o;
   o.server = f.server;
   o.token = c.run.token;
-  o.tls = {c.tls.ca, c.tls.client_cert, c.tls.client_key, c.tls.server_name};
+  o.tls = ClientTls(c.tls);
   o.name = f.name.empty() ? fmt::format("client-{}", f.client_id) : f.name;
   o.model = c.model;
   o.split = c.split;

@@ -119,7 +119,7 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   coordinator::ServerOptions so;
   so.address = f.listen;
   so.service.max_inflight_pushes = static_cast<uint32_t>(c.coordinator.max_inflight_pushes);
-  so.tls = {c.tls.server_cert, c.tls.server_key, c.tls.client_ca};
+  so.tls = ServerTls(c.tls);
   auto server = coordinator::CoordinatorServer::Start(**core, so);
   Check(server.status());
   spdlog::info(
@@ -255,7 +255,7 @@ void RunWorkerCommand(const RunConfig& c, const WorkerFlags& f) {
   e.late = c.diloco.late;
   e.update_timeout =
       std::chrono::milliseconds(static_cast<int64_t>(c.coordinator.round_timeout_s * 1000) + 60'000);
-  e.tls = {c.tls.ca, c.tls.client_cert, c.tls.client_key, c.tls.server_name};
+  e.tls = ClientTls(c.tls);
   e.store_address = f.ddp_store;
   e.checkpoint_every = f.checkpoint_every;
   e.resume = f.resume;

@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -158,6 +159,11 @@ const std::vector<Binding>& Bindings() {
                {"--tls-client-key"}),
       LB_FIELD("tls.server_name", tls.server_name, "clients: name to check in the server's certificate",
                {"--tls-server-name"}),
+      LB_FIELD("tls.dir", tls.dir,
+               "a directory with tls.crt, tls.key, ca.crt (deploy/make-certs.sh): the TLS files not set one "
+               "by one "
+               "(or env LOWBAND_TLS_DIR)",
+               {"--tls-dir"}),
       LB_FIELD("site.ranks", site.ranks, "ranks (processes) per worker, all-reducing gradients every step",
                {"--ranks-per-worker", "--ranks"}),
       LB_FIELD("site.check_every", site.check_every,
@@ -326,6 +332,10 @@ Status Finalize(RunConfig* c) {
   if (c->coordinator.max_inflight_pushes < 1)
     return InvalidArgument("coordinator.max_inflight_pushes: must be at least 1");
   if (!(c->site.timeout_s > 0)) return InvalidArgument("site.timeout_s: must be positive");
+  if (std::error_code ec; !c->tls.dir.empty() && !std::filesystem::is_directory(c->tls.dir, ec)) {
+    return InvalidArgument("tls.dir: '" + c->tls.dir +
+                           "' is not a directory (deploy/make-certs.sh makes one for each role)");
+  }
   // Short runs (tests, smoke runs) keep a warmup of a tenth of the run rather than failing.
   if (c->inner.warmup_steps >= c->inner.total_steps) c->inner.warmup_steps = c->inner.total_steps / 10;
   if (c->algo != "ddp") {
@@ -419,8 +429,31 @@ StatusOr<RunConfig> ResolveConfig(const ConfigFlags& flags) {
   // The token may come from the environment instead, where other users' `ps` cannot see it.
   if (const char* token = std::getenv("LOWBAND_TOKEN"); c.run.token.empty() && token != nullptr)
     c.run.token = token;
+  if (const char* dir = std::getenv("LOWBAND_TLS_DIR"); c.tls.dir.empty() && dir != nullptr) c.tls.dir = dir;
   LOWBAND_RETURN_IF_ERROR(Finalize(&c));
   return c;
+}
+
+comm::TlsServerFiles ServerTls(const TlsSection& tls) {
+  comm::TlsServerFiles files{tls.server_cert, tls.server_key, tls.client_ca};
+  if (tls.dir.empty()) return files;
+  const comm::TlsServerFiles from_dir = comm::ServerFilesFromDir(tls.dir);
+  if (files.cert.empty()) files.cert = from_dir.cert;
+  if (files.key.empty()) files.key = from_dir.key;
+  if (files.client_ca.empty()) files.client_ca = from_dir.client_ca;
+  return files;
+}
+
+comm::TlsClientFiles ClientTls(const TlsSection& tls) {
+  comm::TlsClientFiles files{tls.ca, tls.client_cert, tls.client_key, tls.server_name};
+  if (tls.dir.empty()) return files;
+  const comm::TlsClientFiles from_dir = comm::ClientFilesFromDir(tls.dir);
+  if (files.ca.empty()) files.ca = from_dir.ca;
+  if (files.cert.empty() && files.key.empty()) {
+    files.cert = from_dir.cert;
+    files.key = from_dir.key;
+  }
+  return files;
 }
 
 }  // namespace lowband::tools

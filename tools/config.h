@@ -15,6 +15,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "comm/tls.h"
 #include "quant/codec.h"
 #include "quant/status.h"
 #include "split/config.h"
@@ -90,6 +91,9 @@ struct TlsSection {
   std::string client_cert;  // workers: their certificate (mutual TLS)
   std::string client_key;   // workers: their private key (mutual TLS)
   std::string server_name;  // workers: the name to check in the coordinator's certificate
+  // A directory in the kubernetes.io/tls layout (deploy/make-certs.sh writes one per role): the files
+  // above that are not set come from it (comm::ServerFilesFromDir / ClientFilesFromDir).
+  std::string dir;
 };
 
 // A worker that is a site: several ranks training one replica data-parallel (worker/engine.h).
@@ -156,6 +160,11 @@ Status Finalize(RunConfig* config);
 // The quant specs the config asks for.
 StatusOr<quant::CodecSpec> UploadCodec(const RunConfig& config);
 StatusOr<quant::CodecSpec> DownloadCodec(const RunConfig& config);
+
+// The TLS files of a server (coordinator, split-server) or a client (worker, split client): the
+// files set one by one, then, for those not set, the ones tls.dir holds.
+comm::TlsServerFiles ServerTls(const TlsSection& tls);
+comm::TlsClientFiles ClientTls(const TlsSection& tls);
 
 // CLI glue: --config FILE, --set key=value (repeatable), and one flag per field.
 struct ConfigFlags {

@@ -1,6 +1,7 @@
 // End to end: `lowband split-server` and two `lowband split-client` processes at once over real gRPC on
-// loopback, on a generated text file (no network): both learn, both sides save adapters, and a client
-// with another cut or a missing base model gets a clear error.
+// loopback with mutual TLS (certificates from deploy/make-certs.sh, given with --tls-dir), on a
+// generated text file (no network): both learn, both sides save adapters, and a client with another
+// cut or a missing base model gets a clear error.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -35,6 +36,9 @@ class SplitProcessTest : public ::testing::Test {
     dir_ = fs::temp_directory_path() / fmt::format("lowband-split-it-{}", ::getpid());
     fs::create_directories(dir_);
     testing::WriteTinyCorpus((dir_ / "corpus.txt").string(), 40000);
+    auto [rc, out] = Shell(fmt::format("{}/deploy/make-certs.sh {} --server-name 127.0.0.1",
+                                       LOWBAND_SOURCE_DIR, (dir_ / "tls").string()));
+    ASSERT_EQ(rc, 0) << out;
   }
   void TearDown() override {
     server_.reset();
@@ -52,8 +56,10 @@ class SplitProcessTest : public ::testing::Test {
   int StartServer() {
     const std::string port_file = (dir_ / "port").string();
     server_ = std::make_unique<testing::Background>(
-        fmt::format("{} split-server {} --cut 1 --listen 127.0.0.1:0 --port-file {} --set split.out={}",
-                    Bin(), Model(), port_file, (dir_ / "server").string()),
+        fmt::format("{} split-server {} --cut 1 --listen 127.0.0.1:0 --port-file {} --set split.out={} "
+                    "--tls-dir {}",
+                    Bin(), Model(), port_file, (dir_ / "server").string(),
+                    (dir_ / "tls" / "coordinator").string()),
         (dir_ / "server.log").string());
     return testing::ReadPortFile(port_file);
   }
@@ -61,15 +67,15 @@ class SplitProcessTest : public ::testing::Test {
   std::string Client(int port, const std::string& name, const std::string& extra) const {
     return fmt::format(
         "{} split-client {} --cut 1 --server 127.0.0.1:{} --steps 24 --eval-every 12 --log-every 6 "
-        "--lr 0.01 --inner-warmup-steps 2 --name {} --out {} {}",
-        Bin(), Model(), port, name, (dir_ / name).string(), extra);
+        "--lr 0.01 --inner-warmup-steps 2 --name {} --out {} --tls-dir {} {}",
+        Bin(), Model(), port, name, (dir_ / name).string(), (dir_ / "tls" / "worker").string(), extra);
   }
 
   fs::path dir_;
   std::unique_ptr<testing::Background> server_;
 };
 
-TEST_F(SplitProcessTest, TwoClientsFineTuneAgainstOneServerAndBothSidesSaveAdapters) {
+TEST_F(SplitProcessTest, TwoClientsFineTuneOverMutualTlsAndBothSidesSaveAdapters) {
   const int port = StartServer();
   ASSERT_GT(port, 0) << Shell("cat " + (dir_ / "server.log").string()).second;
   auto [rc, out] =
@@ -110,8 +116,9 @@ TEST_F(SplitProcessTest, TwoClientsFineTuneAgainstOneServerAndBothSidesSaveAdapt
   server_->Signal(SIGTERM);
   const auto status = server_->Wait(std::chrono::seconds(60));
   ASSERT_TRUE(status.has_value()) << "the server did not stop within 60 s of SIGTERM";
-  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
-      << Shell("cat " + (dir_ / "server.log").string()).second;
+  const std::string server_log = Shell("cat " + (dir_ / "server.log").string()).second;
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << server_log;
+  EXPECT_NE(server_log.find("(mutual TLS)"), std::string::npos) << server_log;
 }
 
 }  // namespace
