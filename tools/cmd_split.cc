@@ -226,6 +226,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"grad_codec", c.split.grad_codec},
       {"cut", c.split.cut},
       {"lora_rank", c.split.lora_rank},
+      {"seed", c.seed},
       {"steps", cl.next_step()},
       {"examples", examples},
       {"final_eval_loss", final_eval.loss},

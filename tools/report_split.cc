@@ -54,7 +54,7 @@ struct SplitRun {
   fs::path dir;
   std::string name;  // the directory's name
   std::string task, codec, grad_codec;
-  std::optional<int64_t> bits, cut, lora_rank, steps, examples, eval_examples, reconnects;
+  std::optional<int64_t> bits, cut, lora_rank, seed, steps, examples, eval_examples, reconnects;
   double final_eval_loss = 0;
   std::optional<double> final_accuracy, final_perplexity;
   std::vector<SplitEvalPoint> eval_curve;
@@ -105,23 +105,26 @@ std::string MetricCell(const std::string& task, const std::optional<double>& v) 
   return Cell(v, task == "classify" ? "{:.2f}%" : (task == "lm" ? "{:.3f}" : "{:.4f}"));
 }
 
-// The first fp32 run of the task of runs[i].
+// The fp32 run of the task of runs[i] with the same seed (paired), else the first fp32 run of the task.
 std::optional<size_t> Fp32Baseline(const std::vector<SplitRun>& runs, size_t i) {
+  std::optional<size_t> first;
   for (size_t j = 0; j < runs.size(); ++j) {
     if (runs[j].codec == "fp32" && runs[j].task == runs[i].task) {
-      return j;
+      if (runs[j].seed == runs[i].seed) {
+        return j;
+      }
+      if (!first) {
+        first = j;
+      }
     }
   }
-  return std::nullopt;
+  return first;
 }
 
-// Accuracy: percentage points; perplexity: relative change in %; eval loss: difference.
-std::optional<double> DeltaVsFp32(const std::vector<SplitRun>& runs, size_t i) {
-  const auto base = Fp32Baseline(runs, i);
-  if (!base) {
-    return std::nullopt;
-  }
-  const auto m = FinalMetric(runs[i]), b = FinalMetric(runs[*base]);
+// runs[i]'s final metric against runs[j]'s: accuracy in percentage points, perplexity as a relative
+// change in %, eval loss as a difference.
+std::optional<double> Delta(const std::vector<SplitRun>& runs, size_t i, size_t j) {
+  const auto m = FinalMetric(runs[i]), b = FinalMetric(runs[j]);
   if (!m || !b) {
     return std::nullopt;
   }
@@ -130,6 +133,14 @@ std::optional<double> DeltaVsFp32(const std::vector<SplitRun>& runs, size_t i) {
   }
   return *m - *b;
 }
+
+std::optional<double> DeltaVsFp32(const std::vector<SplitRun>& runs, size_t i) {
+  const auto base = Fp32Baseline(runs, i);
+  return base ? Delta(runs, i, *base) : std::nullopt;
+}
+
+// Whether a Delta is an improvement: higher accuracy, lower perplexity or loss.
+bool Better(const std::string& task, double delta) { return task == "classify" ? delta > 0 : delta < 0; }
 
 std::string DeltaUnit(const std::string& task) {
   return task == "classify" ? "points" : (task == "lm" ? "percent" : "loss");
@@ -160,6 +171,278 @@ std::string CodecLabel(const SplitRun& r) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Several seeds: the runs of one task and codec that differ in their seed form a group; groups are
+// compared seed by seed (paired), which removes the variation every codec shares (data order, LoRA
+// init) from the comparison.
+
+struct SeedGroup {
+  std::string task, label;   // label: CodecLabel
+  std::vector<size_t> runs;  // indices into the runs, one per seed, in seed order
+};
+
+struct Spread {
+  size_t n = 0;
+  double mean = 0, sd = 0, min = 0, max = 0;  // sd: sample standard deviation (0 for n = 1)
+};
+
+Spread SpreadOf(const std::vector<double>& v) {
+  Spread s;
+  s.n = v.size();
+  if (v.empty()) {
+    return s;
+  }
+  s.min = *std::min_element(v.begin(), v.end());
+  s.max = *std::max_element(v.begin(), v.end());
+  for (const double x : v) {
+    s.mean += x / static_cast<double>(v.size());
+  }
+  if (v.size() > 1) {
+    double ss = 0;
+    for (const double x : v) {
+      ss += (x - s.mean) * (x - s.mean);
+    }
+    s.sd = std::sqrt(ss / static_cast<double>(v.size() - 1));
+  }
+  return s;
+}
+
+// Groups of runs with a seed, by task and codec label; empty unless some group has two seeds or more
+// (a set of single-seed runs needs no second table). A seed given twice in a group keeps its first run.
+std::vector<SeedGroup> SeedGroups(const std::vector<SplitRun>& runs) {
+  std::vector<SeedGroup> groups;
+  bool several = false;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    if (!runs[i].seed) {
+      continue;
+    }
+    const std::string label = CodecLabel(runs[i]);
+    auto g = std::find_if(groups.begin(), groups.end(),
+                          [&](const SeedGroup& x) { return x.task == runs[i].task && x.label == label; });
+    if (g == groups.end()) {
+      groups.push_back({runs[i].task, label, {}});
+      g = groups.end() - 1;
+    }
+    const bool repeated =
+        std::any_of(g->runs.begin(), g->runs.end(), [&](size_t j) { return runs[j].seed == runs[i].seed; });
+    if (!repeated) {
+      g->runs.push_back(i);
+      several = several || g->runs.size() > 1;
+    }
+  }
+  if (!several) {
+    return {};
+  }
+  for (SeedGroup& g : groups) {
+    std::sort(g.runs.begin(), g.runs.end(),
+              [&](size_t a, size_t b) { return *runs[a].seed < *runs[b].seed; });
+  }
+  return groups;
+}
+
+// Delta of group a's run against group b's run of the same seed, for every seed both have.
+std::vector<double> PairedDeltas(const std::vector<SplitRun>& runs, const SeedGroup& a, const SeedGroup& b) {
+  std::vector<double> out;
+  for (const size_t i : a.runs) {
+    for (const size_t j : b.runs) {
+      if (runs[i].seed == runs[j].seed) {
+        if (const auto d = Delta(runs, i, j)) {
+          out.push_back(*d);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// AMAQ at a budget of b bits set against fixed b-bit of the same task, when both groups exist.
+std::vector<std::pair<size_t, size_t>> AmaqVsFixed(const std::vector<SplitRun>& runs,
+                                                   const std::vector<SeedGroup>& groups) {
+  std::vector<std::pair<size_t, size_t>> pairs;
+  for (size_t a = 0; a < groups.size(); ++a) {
+    const SplitRun& ra = runs[groups[a].runs.front()];
+    if (!ra.Amaq() || !ra.bits) {
+      continue;
+    }
+    for (size_t f = 0; f < groups.size(); ++f) {
+      const SplitRun& rf = runs[groups[f].runs.front()];
+      if (rf.codec == "fixed" && rf.bits == ra.bits && rf.task == ra.task && rf.grad_codec == ra.grad_codec) {
+        pairs.emplace_back(a, f);
+      }
+    }
+  }
+  return pairs;
+}
+
+std::optional<size_t> Fp32Group(const std::vector<SplitRun>& runs, const std::vector<SeedGroup>& groups,
+                                const std::string& task) {
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (groups[g].task == task && runs[groups[g].runs.front()].codec == "fp32") {
+      return g;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string SeedList(const std::vector<SplitRun>& runs, const std::vector<size_t>& idx) {
+  std::string out;
+  for (const size_t i : idx) {
+    out += (out.empty() ? "" : ",") + std::to_string(*runs[i].seed);
+  }
+  return out;
+}
+
+std::string SpreadCell(const Spread& s, const char* unit, int precision) {
+  if (s.n == 0) {
+    return std::string(kDash);
+  }
+  return fmt::format("{:+.{}f} ± {:.{}f}{}", s.mean, precision, s.sd, precision, unit);
+}
+
+// What the "Across seeds" section and the `seeds` JSON show, computed once.
+struct GroupStats {
+  Spread metric, bits, bytes, saving;
+  std::optional<Spread> vs_fp32;  // paired by seed; not for the fp32 group itself
+};
+struct AmaqFixedStats {
+  size_t amaq = 0, fixed = 0;  // group indices
+  Spread delta;                // AMAQ - fixed, paired by seed
+  int64_t better = 0, tied = 0, worse = 0;
+};
+
+std::vector<GroupStats> StatsOf(const std::vector<SplitRun>& runs, const std::vector<SeedGroup>& groups) {
+  std::vector<GroupStats> out;
+  for (const SeedGroup& g : groups) {
+    std::vector<double> metric, bits, bytes, saving;
+    for (const size_t i : g.runs) {
+      if (const auto m = FinalMetric(runs[i])) {
+        metric.push_back(*m);
+      }
+      if (runs[i].mean_bits_up) {
+        bits.push_back(*runs[i].mean_bits_up);
+      }
+      bytes.push_back(runs[i].bytes_per_example);
+      if (runs[i].compression_vs_fp32) {
+        saving.push_back(*runs[i].compression_vs_fp32);
+      }
+    }
+    GroupStats st{SpreadOf(metric), SpreadOf(bits), SpreadOf(bytes), SpreadOf(saving), std::nullopt};
+    if (const auto f = Fp32Group(runs, groups, g.task); f && runs[g.runs.front()].codec != "fp32") {
+      st.vs_fp32 = SpreadOf(PairedDeltas(runs, g, groups[*f]));
+    }
+    out.push_back(st);
+  }
+  return out;
+}
+
+std::vector<AmaqFixedStats> AmaqFixedOf(const std::vector<SplitRun>& runs,
+                                        const std::vector<SeedGroup>& groups) {
+  std::vector<AmaqFixedStats> out;
+  for (const auto& [a, f] : AmaqVsFixed(runs, groups)) {
+    const std::vector<double> d = PairedDeltas(runs, groups[a], groups[f]);
+    AmaqFixedStats st{a, f, SpreadOf(d), 0, 0, 0};
+    for (const double x : d) {
+      if (x == 0) {
+        ++st.tied;
+      } else if (Better(groups[a].task, x)) {
+        ++st.better;
+      } else {
+        ++st.worse;
+      }
+    }
+    out.push_back(st);
+  }
+  return out;
+}
+
+std::string SeedsMarkdown(const std::vector<SplitRun>& runs, const std::vector<SeedGroup>& groups) {
+  std::string md = "## Across seeds\n\n";
+  md +=
+      "| task | codec | seeds | held-out metric: mean ± sd | min .. max | vs fp32, paired by seed | mean "
+      "bits up "
+      "| bytes / example | fewer bytes than fp32 |\n|---|---|---|--:|--:|--:|--:|--:|--:|\n";
+  const std::vector<GroupStats> stats = StatsOf(runs, groups);
+  for (size_t k = 0; k < groups.size(); ++k) {
+    const SeedGroup& g = groups[k];
+    const GroupStats& st = stats[k];
+    const int digits = g.task == "lm" ? 3 : 2;
+    const std::string unit = g.task == "classify" ? "%" : "";
+    const std::string vs_fp32 =
+        st.vs_fp32 ? SpreadCell(*st.vs_fp32, g.task == "classify" ? " pt" : "%", 2) : std::string(kDash);
+    md += fmt::format("| {} | {} | {} | {:.{}f} ± {:.{}f}{} | {:.{}f} .. {:.{}f} | {} | {} | {} | {} |\n",
+                      Md(g.task), Md(g.label), SeedList(runs, g.runs), st.metric.mean, digits, st.metric.sd,
+                      digits, unit, st.metric.min, digits, st.metric.max, digits, vs_fp32,
+                      st.bits.n ? fmt::format("{:.2f}", st.bits.mean) : std::string(kDash),
+                      HumanBytes(st.bytes.mean),
+                      st.saving.n ? fmt::format("{:.2f}x", st.saving.mean) : std::string(kDash));
+  }
+  const std::vector<AmaqFixedStats> pairs = AmaqFixedOf(runs, groups);
+  if (!pairs.empty()) {
+    md +=
+        "\nAMAQ against fixed width at its budget, seed by seed (same seed: same data order, LoRA init and "
+        "rounding draws):\n\n| task | AMAQ | against | seeds | AMAQ − fixed: mean ± sd | standard error | "
+        "AMAQ "
+        "better / tied / worse |\n|---|---|---|---|--:|--:|--:|\n";
+    for (const AmaqFixedStats& p : pairs) {
+      const std::string& task = groups[p.amaq].task;
+      const char* unit = task == "classify" ? " pt" : "%";
+      md += fmt::format(
+          "| {} | {} | {} | {} | {} | {} | {} / {} / {} |\n", Md(task), Md(groups[p.amaq].label),
+          Md(groups[p.fixed].label), p.delta.n, SpreadCell(p.delta, unit, 2),
+          p.delta.n > 1
+              ? fmt::format("{:.2f}{}", p.delta.sd / std::sqrt(static_cast<double>(p.delta.n)), unit)
+              : std::string(kDash),
+          p.better, p.tied, p.worse);
+    }
+  }
+  md +=
+      "\nA group is every run of one task and codec with a `seed` in its summary.json; sd is the sample "
+      "standard deviation over seeds. \"vs fp32\" and \"AMAQ − fixed\" pair runs of the same seed and "
+      "average the differences (accuracy in points, perplexity in %); higher accuracy and lower perplexity "
+      "are better.\n\n";
+  return md;
+}
+
+json SeedsJson(const std::vector<SplitRun>& runs, const std::vector<SeedGroup>& groups) {
+  json out = {{"groups", json::array()}, {"amaq_vs_fixed", json::array()}};
+  const std::vector<GroupStats> stats = StatsOf(runs, groups);
+  for (size_t k = 0; k < groups.size(); ++k) {
+    const SeedGroup& g = groups[k];
+    const GroupStats& st = stats[k];
+    json seeds = json::array();
+    for (const size_t i : g.runs) {
+      seeds.push_back(*runs[i].seed);
+    }
+    json entry = {{"task", g.task},
+                  {"codec_label", g.label},
+                  {"seeds", seeds},
+                  {"metric", MetricName(g.task)},
+                  {"metric_mean", st.metric.mean},
+                  {"metric_sd", st.metric.sd},
+                  {"metric_min", st.metric.min},
+                  {"metric_max", st.metric.max}};
+    if (st.vs_fp32) {
+      entry["delta_vs_fp32_mean"] = st.vs_fp32->mean;
+      entry["delta_vs_fp32_sd"] = st.vs_fp32->sd;
+      entry["delta_unit"] = DeltaUnit(g.task);
+    }
+    out["groups"].push_back(entry);
+  }
+  for (const AmaqFixedStats& p : AmaqFixedOf(runs, groups)) {
+    out["amaq_vs_fixed"].push_back({{"task", groups[p.amaq].task},
+                                    {"amaq", groups[p.amaq].label},
+                                    {"fixed", groups[p.fixed].label},
+                                    {"seeds", p.delta.n},
+                                    {"delta_mean", p.delta.mean},
+                                    {"delta_sd", p.delta.sd},
+                                    {"delta_unit", DeltaUnit(groups[p.amaq].task)},
+                                    {"amaq_better", p.better},
+                                    {"tied", p.tied},
+                                    {"amaq_worse", p.worse}});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Reading
 
 Status ParseSplitSummary(const fs::path& file, const json& s, SplitRun* run) {
@@ -183,6 +466,7 @@ Status ParseSplitSummary(const fs::path& file, const json& s, SplitRun* run) {
   LOWBAND_RETURN_IF_ERROR(r.String(s, "grad_codec", "grad_codec", &run->grad_codec));
   for (const auto& [key, out] : {std::pair<const char*, std::optional<int64_t>*>{"bits", &run->bits},
                                  {"cut", &run->cut},
+                                 {"seed", &run->seed},
                                  {"lora_rank", &run->lora_rank},
                                  {"examples", &run->examples},
                                  {"eval_examples", &run->eval_examples},
@@ -524,6 +808,9 @@ std::string Markdown(const std::string& title, const std::vector<SplitRun>& runs
                       IntCell(r.reconnects));
   }
 
+  if (const std::vector<SeedGroup> groups = SeedGroups(runs); !groups.empty()) {
+    md += SeedsMarkdown(runs, groups);
+  }
   md += "\n" + PlotsMarkdown(plots, gnuplot, plot_notes);
   md += "## Metrics files\n\n";
   for (const SplitRun& r : runs) {
@@ -552,6 +839,9 @@ json Table(const std::vector<SplitRun>& runs) {
     }
   }
   json table = {{"kind", "split"}, {"baselines", baselines}, {"runs", json::array()}};
+  if (const std::vector<SeedGroup> groups = SeedGroups(runs); !groups.empty()) {
+    table["seeds"] = SeedsJson(runs, groups);
+  }
   for (size_t i = 0; i < runs.size(); ++i) {
     const SplitRun& r = runs[i];
     const auto base = Fp32Baseline(runs, i);
@@ -567,6 +857,7 @@ json Table(const std::vector<SplitRun>& runs) {
         {"bits", opt(r.bits)},
         {"grad_codec", r.grad_codec.empty() ? json(nullptr) : json(r.grad_codec)},
         {"codec_label", CodecLabel(r)},
+        {"seed", opt(r.seed)},
         {"steps", opt(r.steps)},
         {"examples", opt(r.examples)},
         {"final_eval_loss", r.final_eval_loss},

@@ -10,6 +10,8 @@
 # 3. `lowband report` per task: OUT/report-{spam,lm}/report.md with the table and plots.
 # Layout: OUT/runs/<task>-<codec> (client run dirs), OUT/logs, OUT/servers (server adapters).
 # Environment: BASE (skip pretraining), PRETRAIN_STEPS (600), SPAM_STEPS (300), LM_STEPS (150), CODECS,
+# TASKS ("spam lm"), SEEDS (client seeds, "1"; with several, every codec runs once per seed as
+# <task>-<codec>-s<seed> and the report adds mean, spread and per-seed paired differences),
 # EXTRA (more split-client flags, e.g. "--eval-every 1000" for one evaluation at the end).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +19,10 @@ OUT=${1:-runs/split-amaq}
 BIN=${BIN:-build/tools/lowband}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-600}
 CODECS=${CODECS:-"fp32 fixed:8 fixed:4 amaq:4 fixed:3 amaq:3"}
+TASKS=${TASKS:-"spam lm"}
+SEEDS=${SEEDS:-1}
+read -r -a seeds <<<"$SEEDS"
+read -r -a extra <<<"${EXTRA:-}"
 mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "build lowband first (deploy/demo.sh or cmake --build build)"; exit 1; }
 "$BIN" data prepare brown --data-dir data
@@ -36,7 +42,8 @@ stop_server() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "
 trap stop_server EXIT
 
 run_task() {  # task config steps
-  local task=$1 config=$2 steps=$3 port=$OUT/servers/$task.port
+  local task=$1 config=$2 steps=$3
+  local port=$OUT/servers/$task.port
   mkdir -p "$OUT/servers" "$OUT/logs" "$OUT/runs"
   rm -f "$port"
   "$BIN" split-server --config "$config" --base "$BASE" --listen 127.0.0.1:0 --port-file "$port" \
@@ -44,24 +51,33 @@ run_task() {  # task config steps
   server_pid=$!
   for _ in $(seq 100); do [ -s "$port" ] && break; sleep 0.2; done
   [ -s "$port" ] || { cat "$OUT/logs/$task-server.log"; exit 1; }
-  for spec in $CODECS; do
-    local codec=${spec%%:*} bits=${spec#*:}
-    [ "$codec" = fp32 ] && bits=4
-    local name=$task-${codec}${spec#"$codec"}
-    name=${name//:/}
-    echo "== $name (log: $OUT/logs/$name.log)"
-    "$BIN" split-client --config "$config" --base "$BASE" --server "127.0.0.1:$(cat "$port")" \
-      --split-codec "$codec" --bits "$bits" --steps "$steps" --name "$name" --out "$OUT/runs/$name" \
-      --set run.name="$name" ${EXTRA:-} > "$OUT/logs/$name.log" 2>&1 || { tail -20 "$OUT/logs/$name.log"; exit 1; }
-    grep -E "^split-client" "$OUT/logs/$name.log"
+  for seed in "${seeds[@]}"; do
+    for spec in $CODECS; do
+      local codec=${spec%%:*} bits=${spec#*:}
+      [ "$codec" = fp32 ] && bits=4
+      local name=$task-${codec}${spec#"$codec"}
+      name=${name//:/}
+      [ ${#seeds[@]} -gt 1 ] && name=$name-s$seed
+      echo "== $name (log: $OUT/logs/$name.log)"
+      "$BIN" split-client --config "$config" --base "$BASE" --server "127.0.0.1:$(cat "$port")" \
+        --split-codec "$codec" --bits "$bits" --steps "$steps" --seed "$seed" --name "$name" \
+        --out "$OUT/runs/$name" --set run.name="$name" "${extra[@]}" > "$OUT/logs/$name.log" 2>&1 ||
+        { tail -20 "$OUT/logs/$name.log"; exit 1; }
+      grep -E "^split-client" "$OUT/logs/$name.log"
+    done
   done
   stop_server
 }
 
-run_task spam configs/split-spam.yaml "${SPAM_STEPS:-300}"
-run_task lm configs/split-lm.yaml "${LM_STEPS:-150}"
+for task in $TASKS; do
+  case "$task" in
+    spam) run_task spam configs/split-spam.yaml "${SPAM_STEPS:-300}" ;;
+    lm) run_task lm configs/split-lm.yaml "${LM_STEPS:-150}" ;;
+    *) echo "unknown task '$task' in TASKS (spam, lm)" >&2; exit 2 ;;
+  esac
+done
 # One report per task (accuracy and perplexity do not share a table).
-for task in spam lm; do
-  "$BIN" report "$OUT"/runs/$task-* --out "$OUT/report-$task" --title "Split fine-tuning with AMAQ: $task"
+for task in $TASKS; do
+  "$BIN" report "$OUT"/runs/"$task"-* --out "$OUT/report-$task" --title "Split fine-tuning with AMAQ: $task"
 done
 echo "results: $OUT/runs/*/summary.json, reports: $OUT/report-spam/report.md $OUT/report-lm/report.md"

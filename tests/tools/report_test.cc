@@ -11,8 +11,10 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -23,6 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string ReadFile(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -579,6 +582,56 @@ TEST_F(ReportTest, SplitLmRunsComparePerplexity) {
   EXPECT_THAT(ReadFile(options.out / "run1-lm-amaq4.train.dat"), HasSubstr("\n30 ? ? 4 ? 4 ? ?\n"));
   EXPECT_TRUE(fs::exists(options.out / "split_lm_vs_step.gp"));
   EXPECT_TRUE(fs::exists(options.out / "split_bits_run1-lm-amaq4.gp"));
+}
+
+// Three seeds of fp32, fixed 4-bit and AMAQ: the per-seed rows pair with the fp32 run of their own
+// seed, and the "Across seeds" section gives mean ± sd and the paired AMAQ − fixed differences.
+TEST_F(ReportTest, SplitRunsOfSeveralSeedsArePairedBySeed) {
+  // accuracy by seed: fp32 90/92/94, fixed 88/91/92, AMAQ 89/90/94 -> AMAQ - fixed: +1, -1, +2.
+  const std::vector<std::tuple<std::string, double, double, double>> codecs = {
+      {"fp32", 0.90, 0.92, 0.94}, {"fixed", 0.88, 0.91, 0.92}, {"amaq", 0.89, 0.90, 0.94}};
+  ReportOptions options;
+  for (const auto& [codec, a1, a2, a3] : codecs) {
+    const double acc[] = {a1, a2, a3};
+    for (int seed = 1; seed <= 3; ++seed) {
+      json summary = SplitSummary(codec, 4, acc[seed - 1], codec == "fp32" ? 131072 : 17000, 7.7);
+      summary["seed"] = seed;
+      options.runs.push_back(MakeSplitRun(root_ / fmt::format("spam-{}-s{}", codec, seed), summary));
+    }
+  }
+  options.out = root_ / "seeds-report";
+  options.gnuplot = "";
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  const std::string md = ReadFile(options.out / "report.md");
+  // Seed 2's fixed run is set against seed 2's fp32 run (92%), not the first fp32 run (90%).
+  EXPECT_THAT(md, HasSubstr("| spam-fixed-s2 | classify | fixed 4-bit | 30 | 91.00% | -1.00 pt |"));
+  EXPECT_THAT(md, HasSubstr("## Across seeds"));
+  EXPECT_THAT(md, HasSubstr("| classify | fp32 | 1,2,3 | 92.00 ± 2.00% | 90.00 .. 94.00 | — |"));
+  EXPECT_THAT(
+      md, HasSubstr("| classify | fixed 4-bit | 1,2,3 | 90.33 ± 2.08% | 88.00 .. 92.00 | -1.67 ± 0.58 pt |"));
+  EXPECT_THAT(
+      md, HasSubstr(
+              "| classify | amaq 4-bit budget | fixed 4-bit | 3 | +0.67 ± 1.53 pt | 0.88 pt | 2 / 0 / 1 |"));
+  const json& seeds = result->table["seeds"];
+  ASSERT_EQ(seeds["groups"].size(), 3u);
+  EXPECT_NEAR(seeds["groups"][2]["metric_mean"].get<double>(), 91.0, 1e-9);
+  EXPECT_NEAR(seeds["groups"][2]["delta_vs_fp32_mean"].get<double>(), -1.0, 1e-9);
+  ASSERT_EQ(seeds["amaq_vs_fixed"].size(), 1u);
+  EXPECT_NEAR(seeds["amaq_vs_fixed"][0]["delta_mean"].get<double>(), 2.0 / 3, 1e-9);
+  EXPECT_EQ(seeds["amaq_vs_fixed"][0]["amaq_better"], 2);
+  EXPECT_EQ(seeds["amaq_vs_fixed"][0]["amaq_worse"], 1);
+  EXPECT_EQ(result->table["runs"][4]["seed"], 2);
+
+  // Runs of one seed each: no "Across seeds" section.
+  ReportOptions single;
+  single.runs = {options.runs[0], options.runs[3], options.runs[6]};
+  single.out = root_ / "one-seed-report";
+  single.gnuplot = "";
+  auto one = WriteReport(single);
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  EXPECT_THAT(ReadFile(single.out / "report.md"), Not(HasSubstr("Across seeds")));
+  EXPECT_FALSE(one->table.contains("seeds"));
 }
 
 TEST_F(ReportTest, SplitSummaryMissingFieldNamesFileAndField) {
