@@ -154,9 +154,10 @@ struct CoordinatorClient::Impl {
                                               what, target, Seconds(deadline), s.message()));
         }
         if (s.code() == StatusCode::kUnavailable) {
-          return Unavailable(
-              fmt::format("{}: the coordinator at {} is unavailable after {} attempt(s): {} ({})", what,
-                          target, i, s.message(), ConnectHint(options.tls)));
+          // Before any Join got through, a refused TLS handshake is the likelier cause: say what to check.
+          const std::string hint = joins_done.load() == 0 ? " (" + ConnectHint(options.tls) + ")" : "";
+          return Unavailable(fmt::format("{}: the coordinator at {} is unavailable after {} attempt(s): {}{}",
+                                         what, target, i, s.message(), hint));
         }
         return s.WithContext(what);
       }

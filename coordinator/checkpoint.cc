@@ -43,25 +43,34 @@ std::span<const uint8_t> Bytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
+constexpr CounterField kCounterFields[] = {
+    {"joins", &CoordinatorCounters::joins, "Join calls accepted"},
+    {"rejoins", &CoordinatorCounters::rejoins, "members that joined again under the same id"},
+    {"leaves", &CoordinatorCounters::leaves, "workers that left"},
+    {"expirations", &CoordinatorCounters::expirations, "members dropped for missing heartbeats"},
+    {"rounds_closed", &CoordinatorCounters::rounds_closed, "rounds closed, all fragments"},
+    {"rounds_closed_at_deadline", &CoordinatorCounters::rounds_closed_at_deadline,
+     "rounds closed at their deadline with a quorum"},
+    {"rounds_overdue", &CoordinatorCounters::rounds_overdue, "rounds past their deadline below quorum"},
+    {"rounds_failed", &CoordinatorCounters::rounds_failed, "rounds whose outer update could not be computed"},
+    {"contributions", &CoordinatorCounters::contributions, "contributions accepted"},
+    {"duplicate_pushes", &CoordinatorCounters::duplicate_pushes, "retried pushes already applied"},
+    {"late_pushes", &CoordinatorCounters::late_pushes, "pushes to closed rounds, refused"},
+    {"refusals", &CoordinatorCounters::refusals, "refused calls of any kind"},
+    {"sync_bytes_in", &CoordinatorCounters::sync_bytes_in, "contribution payload bytes received"},
+    {"sync_bytes_out", &CoordinatorCounters::sync_bytes_out, "update payload bytes sent"},
+    {"bootstrap_bytes_in", &CoordinatorCounters::bootstrap_bytes_in, "seed bytes received"},
+    {"bootstrap_bytes_out", &CoordinatorCounters::bootstrap_bytes_out, "bootstrap bytes sent"},
+};
+
 }  // namespace
 
+std::span<const CounterField> CounterFields() { return kCounterFields; }
+
 nlohmann::json CountersToJson(const CoordinatorCounters& c) {
-  return {{"joins", c.joins},
-          {"rejoins", c.rejoins},
-          {"leaves", c.leaves},
-          {"expirations", c.expirations},
-          {"rounds_closed", c.rounds_closed},
-          {"rounds_closed_at_deadline", c.rounds_closed_at_deadline},
-          {"rounds_overdue", c.rounds_overdue},
-          {"rounds_failed", c.rounds_failed},
-          {"contributions", c.contributions},
-          {"duplicate_pushes", c.duplicate_pushes},
-          {"late_pushes", c.late_pushes},
-          {"refusals", c.refusals},
-          {"sync_bytes_in", c.sync_bytes_in},
-          {"sync_bytes_out", c.sync_bytes_out},
-          {"bootstrap_bytes_in", c.bootstrap_bytes_in},
-          {"bootstrap_bytes_out", c.bootstrap_bytes_out}};
+  nlohmann::json j = nlohmann::json::object();
+  for (const CounterField& f : kCounterFields) j[f.name] = c.*f.field;
+  return j;
 }
 
 namespace {
@@ -99,22 +108,7 @@ std::vector<T> Ints(const nlohmann::json& j) {
 
 CoordinatorCounters CountersFrom(const nlohmann::json& j) {
   CoordinatorCounters c;
-  c.joins = Int<uint64_t>(j.at("joins"));
-  c.rejoins = Int<uint64_t>(j.at("rejoins"));
-  c.leaves = Int<uint64_t>(j.at("leaves"));
-  c.expirations = Int<uint64_t>(j.at("expirations"));
-  c.rounds_closed = Int<uint64_t>(j.at("rounds_closed"));
-  c.rounds_closed_at_deadline = Int<uint64_t>(j.at("rounds_closed_at_deadline"));
-  c.rounds_overdue = Int<uint64_t>(j.at("rounds_overdue"));
-  c.rounds_failed = Int<uint64_t>(j.at("rounds_failed"));
-  c.contributions = Int<uint64_t>(j.at("contributions"));
-  c.duplicate_pushes = Int<uint64_t>(j.at("duplicate_pushes"));
-  c.late_pushes = Int<uint64_t>(j.at("late_pushes"));
-  c.refusals = Int<uint64_t>(j.at("refusals"));
-  c.sync_bytes_in = Int<uint64_t>(j.at("sync_bytes_in"));
-  c.sync_bytes_out = Int<uint64_t>(j.at("sync_bytes_out"));
-  c.bootstrap_bytes_in = Int<uint64_t>(j.at("bootstrap_bytes_in"));
-  c.bootstrap_bytes_out = Int<uint64_t>(j.at("bootstrap_bytes_out"));
+  for (const CounterField& f : kCounterFields) c.*f.field = Int<uint64_t>(j.at(f.name));
   return c;
 }
 

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,16 @@
 
 namespace lowband::coordinator {
 
-// Every counter by name (checkpoint headers, the HTTP status page).
+// Every counter: its name (checkpoint headers, /status.json, coordinator-result.json, Prometheus
+// lowband_<name>_total) and what it counts (Prometheus HELP).
+struct CounterField {
+  const char* name;
+  uint64_t CoordinatorCounters::*field;
+  const char* help;
+};
+std::span<const CounterField> CounterFields();
+
+// Every counter by name.
 nlohmann::json CountersToJson(const CoordinatorCounters& counters);
 
 // The bytes of a checkpoint file, and back. Decode refuses a wrong magic, a bad checksum, a

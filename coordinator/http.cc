@@ -139,26 +139,9 @@ std::string PrometheusText(const nlohmann::json& s) {
   out += fmt::format("lowband_seeded {}\n", value(s["seeded"]));
   metric("live_members", "gauge", "workers whose heartbeats arrive");
   out += fmt::format("lowband_live_members {}\n", value(s["live_members"]));
-  static const std::pair<const char*, const char*> kCounters[] = {
-      {"joins", "Join calls accepted"},
-      {"leaves", "workers that left"},
-      {"expirations", "members dropped for missing heartbeats"},
-      {"rounds_closed", "rounds closed, all fragments"},
-      {"rounds_closed_at_deadline", "rounds closed at their deadline with a quorum"},
-      {"rounds_overdue", "rounds past their deadline below quorum"},
-      {"rounds_failed", "rounds whose outer update could not be computed"},
-      {"contributions", "contributions accepted"},
-      {"duplicate_pushes", "retried pushes already applied"},
-      {"late_pushes", "pushes to closed rounds, refused"},
-      {"refusals", "refused calls of any kind"},
-      {"sync_bytes_in", "contribution payload bytes received"},
-      {"sync_bytes_out", "update payload bytes sent"},
-      {"bootstrap_bytes_in", "seed bytes received"},
-      {"bootstrap_bytes_out", "bootstrap bytes sent"},
-  };
-  for (const auto& [name, help] : kCounters) {
-    metric(std::string(name) + "_total", "counter", help);
-    out += fmt::format("lowband_{}_total {}\n", name, value(s["counters"][name]));
+  for (const CounterField& c : CounterFields()) {
+    metric(std::string(c.name) + "_total", "counter", c.help);
+    out += fmt::format("lowband_{}_total {}\n", c.name, value(s["counters"][c.name]));
   }
   metric("fragment_open_round", "gauge", "the round now open, per fragment");
   for (const auto& r : s["rounds"])

@@ -190,24 +190,15 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
   for (uint32_t p = 0; (*core)->seeded() && p < co.layout.num_fragments; ++p) {
     open_rounds.push_back((*core)->round_status(p)->open_round);
   }
-  nlohmann::json r = {{"rounds_closed", counters.rounds_closed},
-                      {"rounds_closed_at_deadline", counters.rounds_closed_at_deadline},
-                      {"contributions", counters.contributions},
-                      {"late_pushes", counters.late_pushes},
-                      {"duplicate_pushes", counters.duplicate_pushes},
-                      {"refusals", counters.refusals},
-                      {"joins", counters.joins},
-                      {"sync_bytes_in", counters.sync_bytes_in},
-                      {"sync_bytes_out", counters.sync_bytes_out},
-                      {"bootstrap_bytes_in", counters.bootstrap_bytes_in},
-                      {"bootstrap_bytes_out", counters.bootstrap_bytes_out},
-                      {"global_crc", (*core)->GlobalStateCrc()},
-                      {"open_rounds", open_rounds},
-                      {"rejoins", counters.rejoins},
-                      {"checkpoints_written", store ? store->writes() : 0},
-                      {"checkpoint_last_write_seconds", store ? store->last_write_seconds() : 0.0},
-                      {"restored", restored.has_value()},
-                      {"wall_seconds", clock.Elapsed()}};
+  // Every counter (coordinator::CountersToJson, the names the checkpoint and /status.json use), then
+  // the run's end state.
+  nlohmann::json r = coordinator::CountersToJson(counters);
+  r.update({{"global_crc", (*core)->GlobalStateCrc()},
+            {"open_rounds", open_rounds},
+            {"checkpoints_written", store ? store->writes() : 0},
+            {"checkpoint_last_write_seconds", store ? store->last_write_seconds() : 0.0},
+            {"restored", restored.has_value()},
+            {"wall_seconds", clock.Elapsed()}});
   if (!f.out.empty()) Check(comm::WriteJsonFile(f.out + "/metrics/coordinator-result.json", r));
   spdlog::info("coordinator done: {} rounds, {} contributions, {} late pushes refused",
                counters.rounds_closed, counters.contributions, counters.late_pushes);

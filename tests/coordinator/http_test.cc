@@ -7,9 +7,11 @@
 #include <sstream>
 #include <string>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <boost/asio.hpp>
 
+#include "coordinator/checkpoint.h"
 #include "coordinator/clock.h"
 #include "coordinator/core.h"
 #include "tests/coordinator/fake_worker.h"
@@ -93,6 +95,10 @@ TEST_F(HttpTest, MetricsAreValidPrometheusTextWithMembersRoundsAndCounters) {
   const std::string text = Body(response);
   EXPECT_NE(text.find("\nlowband_live_members 1\n"), std::string::npos) << text;
   EXPECT_NE(text.find("\nlowband_joins_total 1\n"), std::string::npos);
+  // Every counter of the core is exported, rejoins included (it was missing from the old list).
+  for (const coordinator::CounterField& c : coordinator::CounterFields()) {
+    EXPECT_NE(text.find(fmt::format("\nlowband_{}_total ", c.name)), std::string::npos) << c.name;
+  }
   EXPECT_NE(text.find("\nlowband_seeded 1\n"), std::string::npos);
   EXPECT_NE(text.find("lowband_fragment_open_round{fragment=\"2\"} 0\n"), std::string::npos);
   EXPECT_NE(text.find("lowband_worker_step{worker=\"1\",name=\"w\\\"0\\\\\"} 7\n"), std::string::npos)
