@@ -35,7 +35,8 @@ if(LOWBAND_FUZZ)
 endif()
 
 function(_lowband_flags target)
-  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${LOWBAND_WARNINGS}> ${LOWBAND_SAN_FLAGS})
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${LOWBAND_WARNINGS}>
+                                           $<$<NOT:$<COMPILE_LANGUAGE:CUDA>>:${LOWBAND_SAN_FLAGS}>)
   # Codecs must give the same bits on every path: no fused multiply-add contraction behind our back.
   target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-ffp-contract=off>)
   if(LOWBAND_SAN_FLAGS)

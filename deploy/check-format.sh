@@ -2,7 +2,7 @@
 # Fails if any of lowband's C++ files differ from .clang-format (fix with: deploy/check-format.sh --fix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.h' '*.cc' | grep -v -E '^(build|third_party)/')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.h' '*.cc' '*.cu' | grep -v -E '^(build|third_party)/')
 [ ${#files[@]} -eq 0 ] && exit 0
 if [ "${1:-}" = "--fix" ]; then
   clang-format -i "${files[@]}"

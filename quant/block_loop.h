@@ -28,25 +28,11 @@ BlockEncodeResult EncodeBlocksLoop(const FormatTraits& t, const BlockEncodeArgs&
     float absmax, mn, mx;
     if (!stats(x, len, !asym, &absmax, &mn, &mx))
       return {static_cast<int64_t>(b), BlockEncodeResult::kNonFinite, 0};
-    float offset = 0.0f, raw, scale;
-    if (asym) {
-      mn += 0.0f;  // -0 and +0 must store the same bytes on every path
-      mx += 0.0f;
-      if (!RoundOffsetDown(a.scale_type, mn, &offset, params + sb)) {
-        return {static_cast<int64_t>(b), BlockEncodeResult::kOffsetRange, mn};
-      }
-      raw = (mx - offset) / t.qmax;
-    } else {
-      raw = absmax / t.qmax;
-    }
-    raw = ClampScale(raw);
-    if (!std::isfinite(raw) || !RoundScaleUp(a.scale_type, raw, &scale, params) ||
-        !std::isfinite(t.qmax * scale + offset)) {  // the top level must decode to a finite value
-      return {static_cast<int64_t>(b), BlockEncodeResult::kScaleRange, raw};
-    }
+    const BlockParams bp = ComputeBlockParams(t, a.scale_type, absmax, mn, mx, params);
+    if (bp.error != BlockEncodeResult::kNone) return {static_cast<int64_t>(b), bp.error, bp.value};
     params += per * sb;
-    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-    quantize(x, len, inv, offset, static_cast<uint32_t>(a.first_index + start), a.codes + start * t.bits / 8);
+    quantize(x, len, bp.inv, bp.offset, static_cast<uint32_t>(a.first_index + start),
+             a.codes + start * t.bits / 8);
   }
   return {};
 }

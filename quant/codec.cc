@@ -165,11 +165,7 @@ Status CheckBodyValues(const PayloadInfo& info, const uint8_t* body) {
 
 Status DecodeImpl(std::span<const uint8_t> payload, std::span<float> out, float weight, bool add, Isa isa) {
   LOWBAND_ASSIGN_OR_RETURN(const PayloadInfo info, Inspect(payload));
-  if (out.size() != info.element_count) {
-    return InvalidArgument("output has " + std::to_string(out.size()) + " values but the payload carries " +
-                           std::to_string(info.element_count) + " (" + std::string(FormatName(info.format)) +
-                           "): payload for a different tensor or fragment?");
-  }
+  LOWBAND_RETURN_IF_ERROR(internal::CheckDecodeTarget(info, out.size(), weight));
   LOWBAND_ASSIGN_OR_RETURN(const internal::Kernels* kp, KernelsFor(isa));
   const internal::Kernels& k = *kp;
   const uint8_t* body = payload.data() + kHeaderBytes;
@@ -208,6 +204,33 @@ Status DecodeImpl(std::span<const uint8_t> payload, std::span<float> out, float 
 
 }  // namespace
 
+Status internal::CheckDecodeTarget(const PayloadInfo& info, uint64_t n, float weight) {
+  if (!std::isfinite(weight))
+    return InvalidArgument("DecodeAdd weight must be finite, got " + std::to_string(weight));
+  if (n != info.element_count) {
+    return InvalidArgument("output has " + std::to_string(n) + " values but the payload carries " +
+                           std::to_string(info.element_count) + " (" + std::string(FormatName(info.format)) +
+                           "): payload for a different tensor or fragment?");
+  }
+  return Status::Ok();
+}
+
+void internal::WriteHeader(const CodecSpec& spec, uint64_t n, uint8_t* h) {
+  const bool blockwise = IsBlockwise(spec.format);
+  const uint64_t size = EncodedSize(spec, n);
+  std::memcpy(h, kMagic, 4);
+  h[4] = kVersion;
+  h[5] = static_cast<uint8_t>(spec.format);
+  h[6] = static_cast<uint8_t>(BitsPerCode(spec.format));
+  h[7] = blockwise ? static_cast<uint8_t>(spec.scale_type) : 0;
+  Store<uint32_t>(h + 8, blockwise ? spec.block_size : 0);
+  Store<uint32_t>(h + 12, 0);
+  Store<uint64_t>(h + 16, n);
+  Store<uint32_t>(h + 24, static_cast<uint32_t>(size - kHeaderBytes));
+  Store<uint32_t>(h + 28, 0);
+  Store<uint32_t>(h + 28, Crc32c({h, size}));
+}
+
 size_t FirstNonFinite(std::span<const float> x) {
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isfinite(x[i])) return i;
@@ -235,19 +258,7 @@ Status EncodeInto(const CodecSpec& spec, std::span<const float> in, std::span<ui
   } else {
     LOWBAND_RETURN_IF_ERROR(EncodePassthrough(spec, *k, in, body));
   }
-  const bool blockwise = IsBlockwise(spec.format);
-  std::memcpy(h, kMagic, 4);
-  h[4] = kVersion;
-  h[5] = static_cast<uint8_t>(spec.format);
-  h[6] = static_cast<uint8_t>(BitsPerCode(spec.format));
-  h[7] = blockwise ? static_cast<uint8_t>(spec.scale_type) : 0;
-  Store<uint32_t>(h + 8, blockwise ? spec.block_size : 0);
-  Store<uint32_t>(h + 12, 0);
-  Store<uint64_t>(h + 16, in.size());
-  Store<uint32_t>(h + 24, static_cast<uint32_t>(need - kHeaderBytes));
-  Store<uint32_t>(h + 28, 0);
-  const uint32_t crc = Crc32c({h, need});
-  Store<uint32_t>(h + 28, crc);
+  internal::WriteHeader(spec, in.size(), h);
   return Status::Ok();
 }
 
@@ -339,8 +350,6 @@ StatusOr<std::vector<float>> Decode(std::span<const uint8_t> payload, Isa isa) {
 }
 
 Status DecodeAdd(std::span<const uint8_t> payload, float weight, std::span<float> acc, Isa isa) {
-  if (!std::isfinite(weight))
-    return InvalidArgument("DecodeAdd weight must be finite, got " + std::to_string(weight));
   return DecodeImpl(payload, acc, weight, true, isa);
 }
 

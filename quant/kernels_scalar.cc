@@ -25,85 +25,6 @@ bool Stats(const float* x, size_t n, float* absmax, float* mn, float* mx) {
   return finite;
 }
 
-// Code for one value. Shared with the AVX2 kernels' tails through ScalarKernels().
-inline uint32_t QuantizeOne(const FormatTraits& t, float x, float inv, float offset, bool stochastic,
-                            uint32_t key, uint32_t index) {
-  const float u = stochastic ? UniformFromHash(HashIndex(key, index)) : 0.0f;
-  switch (t.kind) {
-    case Kind::kIntSym: {
-      const float q = x * inv;
-      float r = stochastic ? std::floor(q + u) : std::nearbyint(q);
-      r = std::min(std::max(r, -t.qmax), t.qmax);
-      return static_cast<uint32_t>(static_cast<int32_t>(r + t.qmax));
-    }
-    case Kind::kIntAsym: {
-      const float q = (x - offset) * inv;
-      float r = stochastic ? std::floor(q + u) : std::nearbyint(q);
-      r = std::min(std::max(r, 0.0f), t.qmax);
-      return static_cast<uint32_t>(static_cast<int32_t>(r));
-    }
-    case Kind::kSignMag8: {
-      const float q = x * inv;
-      const uint32_t sign = q < 0.0f ? 8u : 0u;
-      const float a = std::fabs(q);
-      uint32_t idx = 0;
-      if (!stochastic) {
-        for (int j = 0; j < 7; ++j) idx += a > t.thresholds[j] ? 1u : 0u;
-      } else {
-        for (int j = 1; j < 8; ++j) idx += a >= t.mag[j] ? 1u : 0u;
-        if (idx < 7) {
-          const float lo = t.mag[idx], hi = t.mag[idx + 1];
-          idx += u < (a - lo) / (hi - lo) ? 1u : 0u;
-        }
-      }
-      return sign | idx;
-    }
-    case Kind::kLut16: {
-      const float q = std::min(std::max(x * inv, -1.0f), 1.0f);
-      uint32_t idx = 0;
-      if (!stochastic) {
-        for (int j = 0; j < 15; ++j) idx += q > t.thresholds[j] ? 1u : 0u;
-      } else {
-        for (int j = 1; j < 16; ++j) idx += q >= t.lut[j] ? 1u : 0u;
-        if (idx < 15) {
-          const float lo = t.lut[idx], hi = t.lut[idx + 1];
-          idx += u < (q - lo) / (hi - lo) ? 1u : 0u;
-        }
-      }
-      return idx;
-    }
-    case Kind::kE4M3: {
-      const float q = x * inv;
-      const uint32_t sign = q < 0.0f ? 0x80u : 0u;
-      const float a = std::fabs(q);
-      uint32_t code;
-      if (!stochastic) {
-        if (a >= 0.015625f) {  // 2^-6: normal range; round the fp32 mantissa to 3 bits (nearest even)
-          uint32_t b = FloatBits(a);
-          b += 0x7FFFFu + ((b >> 20) & 1u);
-          code = (b >> 20) - 960u;  // rebias exponent 127 -> 7
-        } else {
-          code = static_cast<uint32_t>(static_cast<int32_t>(std::nearbyint(a * 512.0f)));
-        }
-      } else {
-        if (a >= 0.015625f) {
-          code = (FloatBits(a) >> 20) - 960u;  // truncate: the level at or below a
-        } else {
-          code = static_cast<uint32_t>(static_cast<int32_t>(std::floor(a * 512.0f)));
-        }
-        if (code < 0x7Eu) {
-          const float lo = t.lut[code], hi = t.lut[code + 1];
-          code += u < (a - lo) / (hi - lo) ? 1u : 0u;
-        }
-      }
-      return sign | std::min(code, 0x7Eu);
-    }
-    case Kind::kPassthrough:
-      break;
-  }
-  return 0;
-}
-
 void Quantize(const FormatTraits& t, const float* x, size_t n, float inv, float offset, bool stochastic,
               uint32_t key, uint32_t base, uint8_t* codes) {
   switch (t.bits) {
@@ -161,9 +82,7 @@ void Dequantize(const FormatTraits& t, const uint8_t* codes, size_t n, float sca
         c = (codes[i / 4] >> (2 * (i & 3))) & 3u;
         break;
     }
-    float v = t.lut[c] * scale;
-    if (asym) v = v + offset;
-    Put(v, weight, add, out + i);
+    Put(DequantizeOne(t.lut, asym, c, scale, offset), weight, add, out + i);
   }
 }
 
