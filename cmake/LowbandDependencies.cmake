@@ -9,7 +9,8 @@ find_package(fmt CONFIG REQUIRED)
 find_package(spdlog CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(yaml-cpp CONFIG REQUIRED)
-find_package(Boost 1.74 REQUIRED COMPONENTS system)
+# Asio and Beast are header-only (Boost.System too since 1.69): no compiled Boost component.
+find_package(Boost 1.74 REQUIRED)
 find_package(benchmark CONFIG QUIET)
 
 find_package(Protobuf QUIET)
