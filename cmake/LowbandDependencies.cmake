@@ -28,6 +28,13 @@ if(LOWBAND_WITH_TORCH)
   if(Torch_FOUND)
     set(LOWBAND_HAVE_TORCH ON)
     message(STATUS "lowband: LibTorch found (${TORCH_LIBRARIES})")
+    # A CUDA build of LibTorch (its torch_cuda target also brings USE_C10D_NCCL): models and
+    # optimizer state can live on GPUs and the data-parallel groups use NCCL there.
+    set(LOWBAND_HAVE_TORCH_CUDA OFF)
+    if(TARGET torch_cuda)
+      set(LOWBAND_HAVE_TORCH_CUDA ON)
+      message(STATUS "lowband: LibTorch has CUDA: GPU training and NCCL groups are built")
+    endif()
   else()
     message(WARNING "lowband: LibTorch not found; training commands are not built (run deploy/install-deps.sh)")
   endif()

@@ -104,7 +104,9 @@ Status BitAllocator::Update(int64_t step, const torch::Tensor& x, const torch::T
   }
   return worker::GuardTorch("BitAllocator::Update", [&]() -> Status {
     torch::NoGradGuard no_grad;
-    const torch::Tensor xd = x.to(torch::kDouble), xh = xhat.to(torch::kDouble), gd = g.to(torch::kDouble);
+    // On the host in double (the statistics are read through data_ptr below), whatever device x is on.
+    const torch::Tensor xd = x.to(torch::kCPU, torch::kDouble), xh = xhat.to(torch::kCPU, torch::kDouble),
+                        gd = g.to(torch::kCPU, torch::kDouble);
     // Per channel: sum_t G (x^ - x), range, sum_t G^2.
     const torch::Tensor task_dot = (gd * (xh - xd)).sum(0).contiguous();
     const torch::Tensor range = (std::get<0>(xd.max(0)) - std::get<0>(xd.min(0))).contiguous();

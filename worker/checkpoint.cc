@@ -248,7 +248,9 @@ StatusOr<CheckpointExtras> LoadCheckpoint(const std::string& dir, Model& model, 
     }
 
     torch::serialize::InputArchive optimizer_archive;
-    optimizer_archive.load_from((path / "optimizer.pt").string());
+    // AdamW's moments are saved from the parameters' device; they are loaded onto the device the
+    // parameters live on now (a run may resume on another GPU, or on the CPU).
+    optimizer_archive.load_from((path / "optimizer.pt").string(), optimizer.device());
     LOWBAND_RETURN_IF_ERROR(optimizer.Load(optimizer_archive));
     WriteParams(model, loaded.values);
     return extras;

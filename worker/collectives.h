@@ -1,19 +1,45 @@
 // DataParallelGroup: the ranks that train one replica data-parallel, through LibTorch's own c10d
-// ProcessGroupGloo over a c10d TCPStore rendezvous (rank 0 hosts the store). It carries the ddp
+// process groups over a c10d TCPStore rendezvous (rank 0 hosts the store). It carries the ddp
 // baseline (every worker is a rank) and a site (a Streaming DiLoCo worker made of R ranks, whose
 // rank 0 alone talks to the coordinator).
 //
-// AllReduceMean flattens every parameter's gradient into one fp32 buffer, all-reduces it (sum) and
-// divides by the group size, so every rank steps with the same mean gradient. The broadcasts carry
-// rank 0's parameters, values or bytes to the others; CheckIdentical compares a digest across ranks.
-// Every collective has a timeout: a dead rank makes the others fail with a clear error instead of
-// hanging. Byte accounting: the all-reduce is counted as a ring all-reduce (Gloo's default for CPU
-// tensors): each rank sends and receives 2 (M-1)/M x 4 bytes per parameter per step; a broadcast
-// counts its payload once on every rank.
+// Backends. ProcessGroupGloo carries every collective of a CPU model, and always the broadcasts of
+// host data (values, bytes, integers) and CheckIdentical. When lowband is built against a CUDA
+// LibTorch with NCCL (LOWBAND_TORCH_CUDA) and GroupOptions::device is a CUDA device, the group also
+// creates a ProcessGroupNCCL, and AllReduceMean and BroadcastParameters of parameters on that device
+// run through it on the device tensors, never copying them to the host. The two groups share the
+// TCPStore under the key prefixes "gloo/" and "nccl/". Without LOWBAND_TORCH_CUDA (or for a CPU
+// model) Gloo carries everything, staging CUDA gradients through the host.
+//
+// AllReduceMean flattens every parameter's gradient into one fp32 buffer (on the host for Gloo, on the
+// device for NCCL), all-reduces it (sum) and divides by the group size, so every rank steps with the
+// same mean gradient. BroadcastParameters gives every rank rank 0's parameters (NCCL: one flat device
+// buffer; Gloo: tensor by tensor). The other broadcasts carry rank 0's values or bytes to the others;
+// CheckIdentical compares a digest across ranks.
+//
+// Timeouts: every collective has one (GroupOptions::timeout, also set as Gloo's and NCCL's own): a
+// dead rank makes the others fail with a clear error ("site 2 gradient all-reduce failed on rank 1 of
+// 2 ...") instead of hanging. NCCL: unless TORCH_NCCL_ASYNC_ERROR_HANDLING is set, the group sets it to
+// 2 (abort the communicators on an error, but leave reporting it to the caller) so that a failure
+// comes back as that Status rather than LibTorch's watchdog aborting the process.
+//
+// Which GPU a rank uses (SelectRankDevice, called before the model is built): the model config's
+// device when it names one ("cuda:3"); for plain "cuda", cuda:(local rank mod the number of visible
+// GPUs). The local rank is $LOCAL_RANK when set (torchrun sets it; so should any launcher that starts
+// several processes per multi-GPU machine), else the training engine's fallback: worker index x ranks
+// per worker + rank, the process's index among a run's processes when `lowband launch` starts them all
+// on one machine. With CUDA_VISIBLE_DEVICES giving each process one GPU, every process gets cuda:0, its
+// own. The chosen device becomes the process's current CUDA device (so that LibTorch and NCCL create
+// their CUDA context there only).
+//
+// Byte accounting: the all-reduce is counted as a ring all-reduce (Gloo's default for CPU tensors;
+// NCCL may choose another algorithm, the count stays the ring's): each rank sends and receives
+// 2 (M-1)/M x 4 bytes per parameter per step; a broadcast counts its payload once on every rank.
 //
 // Intra-site collectives live here rather than in comm/ because they need LibTorch, and comm/ is
 // torch-free (the coordinator builds without LibTorch).
-// Thread safety: one thread calls the collectives. Lifetimes: owns the store and the process group.
+// Thread safety: one thread calls the collectives. Lifetimes: owns the store and the process groups;
+// destroying the group aborts NCCL's communicators (every collective has completed or failed by then).
 #pragma once
 
 #include <chrono>
@@ -39,7 +65,20 @@ struct GroupOptions {
   // Reaching the store (every rank started and connected to it) gives up after this long; 0:
   // `timeout`. Ranks may start far apart, so it is often longer than a collective's.
   std::chrono::milliseconds rendezvous_timeout{0};
+  // Where the model's parameters live ("cpu", "cuda:N"; see SelectRankDevice). A CUDA device makes a
+  // CUDA build (LOWBAND_TORCH_CUDA) run the parameter collectives through NCCL on it; every rank of a
+  // group must name the same kind of device.
+  std::string device = "cpu";
 };
+
+// This process's local rank: $LOCAL_RANK when set to a number >= 0, otherwise `fallback`.
+int LocalRank(int fallback);
+
+// The device this rank's model lives on (see the file comment): `configured` when it is "cpu" or names
+// a CUDA device ("cuda:N"); plain "cuda" becomes "cuda:<local_rank mod visible GPUs>". A CUDA device
+// becomes the process's current device when built with LOWBAND_TORCH_CUDA. FailedPrecondition when
+// CUDA is asked for and no GPU is visible; InvalidArgument for a malformed device.
+[[nodiscard]] StatusOr<std::string> SelectRankDevice(const std::string& configured, int local_rank);
 
 class DataParallelGroup {
  public:
@@ -48,6 +87,9 @@ class DataParallelGroup {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
+  // The backend of the parameter collectives (AllReduceMean, BroadcastParameters) for a model on
+  // GroupOptions::device: "nccl" or "gloo".
+  const char* parameter_backend() const;
 
   // Every rank's parameters become rank 0's.
   [[nodiscard]] Status BroadcastParameters(Model& model);

@@ -37,7 +37,8 @@ struct ModelConfig {
   // MLP/CNN: number of output classes (10 for Fashion-MNIST).
   int num_classes = 10;
   // Where the parameters live: "cpu", "cuda" or "cuda:N" (needs a CUDA build of LibTorch). Batches
-  // may come from the CPU; the model moves them.
+  // may come from the CPU; the model moves them. In training, plain "cuda" gives every process its own
+  // GPU by local rank (worker/collectives.h, SelectRankDevice).
   std::string device = "cpu";
 };
 

@@ -57,7 +57,12 @@ class Trainer {
   explicit Trainer(const EngineOptions& o) : o_(o) {}
 
   Status Setup() {
-    LOWBAND_ASSIGN_OR_RETURN(model_, MakeModel(o_.model, o_.seed));
+    // This rank's device: plain "cuda" picks one GPU per local rank (collectives.h); worker i's rank r
+    // is process i x ranks + r of a run started on one machine.
+    ModelConfig model = o_.model;
+    LOWBAND_ASSIGN_OR_RETURN(
+        model.device, SelectRankDevice(o_.model.device, LocalRank(o_.worker_index * o_.ranks + o_.rank)));
+    LOWBAND_ASSIGN_OR_RETURN(model_, MakeModel(model, o_.seed));
     LOWBAND_ASSIGN_OR_RETURN(data_, OpenDataset(o_.data, o_.worker_index, o_.num_workers, o_.seed));
     LOWBAND_RETURN_IF_ERROR(CheckModelFitsData(o_.model, o_.data, *data_));
     // A site's ranks draw the site's batch and each trains on its slice (engine.h).
@@ -65,9 +70,9 @@ class Trainer {
       LOWBAND_RETURN_IF_ERROR(data_->SetTrainBatchSize(int64_t{o_.data.batch_size} * o_.ranks));
     LOWBAND_ASSIGN_OR_RETURN(optimizer_, InnerOptimizer::Create(*model_, o_.inner));
     LOWBAND_ASSIGN_OR_RETURN(metrics_, MetricsLog::Open(o_.metrics_path));
-    spdlog::info("worker {}/{}: {} model, {} parameters; shard of {} {}", o_.worker_index, o_.num_workers,
-                 o_.model.kind, NumParameters(*model_), data_->TrainSize(),
-                 data_->task() == TaskKind::kLanguageModel ? "tokens" : "examples");
+    spdlog::info("worker {}/{}: {} model, {} parameters on {}; shard of {} {}", o_.worker_index,
+                 o_.num_workers, o_.model.kind, NumParameters(*model_), model_->config().device,
+                 data_->TrainSize(), data_->task() == TaskKind::kLanguageModel ? "tokens" : "examples");
     return Status::Ok();
   }
 
@@ -279,7 +284,8 @@ class StreamingWorker {
     if (o_.ranks > 1) {
       LOWBAND_ASSIGN_OR_RETURN(
           site_, DataParallelGroup::Create({o_.site_store, o_.rank, o_.ranks, o_.collective_timeout,
-                                            fmt::format("site {}", o_.worker_index), o_.start_timeout}));
+                                            fmt::format("site {}", o_.worker_index), o_.start_timeout,
+                                            trainer_.model_->config().device}));
     }
     int64_t start = 0;
     if (o_.resume) {
@@ -813,9 +819,10 @@ class DdpWorker {
           "run, or drop --resume");
     }
     LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
-    LOWBAND_ASSIGN_OR_RETURN(reducer_,
-                             DataParallelGroup::Create({o_.store_address, o_.worker_index, o_.num_workers,
-                                                        o_.collective_timeout, "ddp", o_.start_timeout}));
+    LOWBAND_ASSIGN_OR_RETURN(
+        reducer_,
+        DataParallelGroup::Create({o_.store_address, o_.worker_index, o_.num_workers, o_.collective_timeout,
+                                   "ddp", o_.start_timeout, trainer_.model_->config().device}));
     // Every rank starts from rank 0's parameters (they are equal by seed; this makes it a fact).
     LOWBAND_RETURN_IF_ERROR(reducer_->BroadcastParameters(*trainer_.model_));
     trainer_.BeginTraining();

@@ -60,12 +60,13 @@ struct EngineOptions {
   std::chrono::milliseconds collective_timeout{300'000};
 
   // --- A site (streaming, diloco): this worker is `ranks` processes that train one replica
-  // data-parallel, all-reducing gradients every inner step through c10d Gloo (rendezvous at the
-  // TCPStore `site_store`, hosted by rank 0; collectives time out after collective_timeout). Rank 0
-  // (the site's leader) alone talks to the coordinator: it encodes and sends the due fragments and
-  // passes each round's encoded update to the other ranks, which apply it as it does. Every rank draws
-  // the site's batch (ranks x data.batch_size examples) and trains on its own slice of it, so a site
-  // of R ranks trains like one rank with an R times larger batch. Token counts are the site's.
+  // data-parallel, all-reducing gradients every inner step through c10d Gloo, or NCCL for a model on a
+  // GPU in a CUDA build (collectives.h), with rendezvous at the TCPStore `site_store`, hosted by rank
+  // 0; collectives time out after collective_timeout. Rank 0 (the site's leader) alone talks to the
+  // coordinator: it encodes and sends the due fragments and passes each round's encoded update to the
+  // other ranks, which apply it as it does. Every rank draws the site's batch (ranks x
+  // data.batch_size examples) and trains on its own slice of it, so a site of R ranks trains like one
+  // rank with an R times larger batch. Token counts are the site's.
   int rank = 0;
   int ranks = 1;
   std::string site_store;

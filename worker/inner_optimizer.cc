@@ -7,6 +7,7 @@
 
 #include <torch/nn/utils/clip_grad.h>
 
+#include "worker/torch_compat.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::worker {
@@ -46,6 +47,12 @@ double ScheduledLearningRate(const InnerOptimizerConfig& c, int64_t step) {
 InnerOptimizer::InnerOptimizer(Model* model, std::vector<torch::Tensor> params,
                                const InnerOptimizerConfig& config)
     : model_(model), config_(config), params_(std::move(params)) {
+  // AdamW keeps its moments beside each parameter (zeros_like), so all of them live on device_.
+  if (!params_.empty()) device_ = params_.front().device();
+  for (const torch::Tensor& p : params_) {
+    TORCH_CHECK_VALUE(p.device() == device_, "InnerOptimizer: the parameters are on several devices (",
+                      device_, " and ", p.device(), "); put the model on one device");
+  }
   std::vector<torch::Tensor> decay, no_decay;
   for (const torch::Tensor& p : params_) {
     (p.dim() >= 2 ? decay : no_decay).push_back(p);
@@ -85,7 +92,7 @@ StatusOr<std::unique_ptr<InnerOptimizer>> InnerOptimizer::Create(std::vector<tor
 }
 
 void InnerOptimizer::ZeroGrad() {
-  adamw_->zero_grad();  // 1.13: sets .grad() to zero (set_to_none=false), keeping its storage
+  compat::ZeroGrad(*adamw_);  // zeroes .grad() in place, keeping its storage, in every LibTorch
   has_gradients_ = true;
 }
 
@@ -96,7 +103,7 @@ StatusOr<float> InnerOptimizer::ForwardBackward(Model& model, const Batch& batch
                           : "InnerOptimizer: called with a different model than the one it was created for");
   }
   return GuardTorch("inner step " + std::to_string(step_), [&]() -> StatusOr<float> {
-    adamw_->zero_grad();  // 1.13: sets .grad() to zero (set_to_none=false), keeping its storage
+    compat::ZeroGrad(*adamw_);  // zeroes .grad() in place, keeping its storage, in every LibTorch
     has_gradients_ = false;
     torch::Tensor loss = model.Loss(batch);
     const float value = loss.item<float>();

@@ -11,6 +11,10 @@
 //   min_lr + (lr - min_lr) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2   up to total_steps,
 //   min_lr = lr * min_lr_ratio                                          after total_steps.
 //
+// Devices: the parameters must all live on one device (the model's: CPU or a GPU); AdamW's moments
+// are created beside them, and Load (through LoadCheckpoint, which maps the archive to device()) puts
+// restored moments there too, so a checkpoint written on one device resumes on another.
+//
 // Thread safety: one thread at a time. Lifetimes: the optimizer holds the model's parameter tensors;
 // the Model must outlive it, and parameters must be updated in place (CopyParamsFrom does), never
 // replaced, or the AdamW state detaches from them.
@@ -70,10 +74,13 @@ class InnerOptimizer {
   // Global gradient norm before clipping, from the last ApplyStep (0 before the first).
   double last_grad_norm() const { return last_grad_norm_; }
   const InnerOptimizerConfig& config() const { return config_; }
+  // Where the parameters, their gradients and the AdamW state live (CPU for an empty optimizer).
+  const torch::Device& device() const { return device_; }
 
   // Serializes the AdamW state (moments, per-parameter step counts) and the schedule position.
   [[nodiscard]] Status Save(torch::serialize::OutputArchive& archive) const;
-  // Restores what Save wrote, into an optimizer created for a model of the same shape.
+  // Restores what Save wrote, into an optimizer created for a model of the same shape. The archive's
+  // tensors must be on device() (InputArchive::load_from(path, device())).
   [[nodiscard]] Status Load(torch::serialize::InputArchive& archive);
 
  private:
@@ -82,6 +89,7 @@ class InnerOptimizer {
   Model* model_;  // null for an optimizer over plain tensors
   InnerOptimizerConfig config_;
   std::vector<torch::Tensor> params_;
+  torch::Device device_{torch::kCPU};
   std::unique_ptr<torch::optim::AdamW> adamw_;
   int64_t step_ = 0;
   double last_grad_norm_ = 0.0;

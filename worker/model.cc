@@ -14,6 +14,7 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/utils.h>
 
+#include "worker/torch_compat.h"
 #include "worker/torch_runtime.h"
 
 namespace lowband::worker {
@@ -358,7 +359,9 @@ void InitAll(Net& net, uint64_t seed) {
 }
 
 Batch ToDevice(const Batch& b, const torch::Device& device) {
-  if (b.inputs.device() == device && b.targets.device() == device) return b;
+  if (b.inputs.device() == device && b.targets.device() == device &&
+      (!b.lengths.defined() || b.lengths.device() == device))
+    return b;
   return Batch{b.inputs.to(device), b.targets.to(device),
                b.lengths.defined() ? b.lengths.to(device) : b.lengths};
 }
@@ -529,6 +532,10 @@ Status ValidateModelConfig(const ModelConfig& c) {
     }
     if (!device.is_cpu() && !device.is_cuda()) {
       return bad("device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"" + c.device + "\"");
+    }
+    if (device.is_cuda() && device.has_index() && device.index() >= compat::CudaDeviceCount()) {
+      return bad("device \"" + c.device + "\" does not exist: " + std::to_string(compat::CudaDeviceCount()) +
+                 " CUDA device(s) visible");
     }
   } catch (const c10::Error& e) {
     return bad("device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"" + c.device + "\"");

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/types.h>
 
+#include "worker/torch_compat.h"
+
 namespace lowband::worker {
 namespace {
 
@@ -38,7 +40,7 @@ Status ConfigureTorchThreads(const TorchThreadConfig& config) {
       at::set_num_threads(config.intra_op_threads);
       SetOpenBlasThreads(config.intra_op_threads);
     }
-    if (config.inter_op_threads > 0 && at::get_num_interop_threads() != config.inter_op_threads) {
+    if (config.inter_op_threads > 0 && compat::InteropThreads() != config.inter_op_threads) {
       // Throws once the inter-op pool has started; GuardTorch turns that into a status.
       at::set_num_interop_threads(config.inter_op_threads);
     }

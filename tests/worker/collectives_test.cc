@@ -1,10 +1,14 @@
 // DataParallelGroup: two ranks (threads of this process, each with its own TCPStore client and Gloo
 // pair over loopback) all-reduce, broadcast and compare, and fail with a clear error instead of
-// hanging when a peer stops answering.
+// hanging when a peer stops answering. On a machine with GPUs (CUDA LibTorch), ranks on CUDA devices
+// do the same on the device (through NCCL when built with LOWBAND_TORCH_CUDA); how a rank picks its GPU.
 #include "worker/collectives.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -16,21 +20,51 @@
 namespace lowband::worker {
 namespace {
 
-// Runs body(group) on `size` ranks at once, each in its own thread with its own group.
-void OnRanks(int size, std::chrono::milliseconds timeout,
-             const std::function<void(DataParallelGroup&)>& body) {
+// Runs body(group, device) on `size` ranks at once, each in its own thread with its own group. With
+// `cuda`, rank r's model and group are on the GPU SelectRankDevice("cuda", r) picks (one per rank).
+void OnRanks(int size, std::chrono::milliseconds timeout, bool cuda,
+             const std::function<void(DataParallelGroup&, const std::string& device)>& body) {
   const std::string store = "127.0.0.1:" + std::to_string(comm::FreeLoopbackPort());
   std::vector<std::thread> threads;
   for (int r = 0; r < size; ++r) {
     threads.emplace_back([&, r] {
+      std::string device = "cpu";
+      if (cuda) {
+        auto selected = SelectRankDevice("cuda", r);  // also this thread's current CUDA device
+        ASSERT_TRUE(selected.ok()) << selected.status().ToString();
+        device = *selected;
+      }
       auto group =
-          DataParallelGroup::Create({store, r, size, timeout, "test site", std::chrono::seconds(60)});
+          DataParallelGroup::Create({store, r, size, timeout, "test site", std::chrono::seconds(60), device});
       ASSERT_TRUE(group.ok()) << group.status().ToString();
-      body(**group);
+      body(**group, device);
     });
   }
   for (auto& t : threads) t.join();
 }
+
+void OnRanks(int size, std::chrono::milliseconds timeout,
+             const std::function<void(DataParallelGroup&)>& body) {
+  OnRanks(size, timeout, /*cuda=*/false, [&](DataParallelGroup& g, const std::string&) { body(g); });
+}
+
+int CudaDevices() { return static_cast<int>(torch::cuda::device_count()); }
+
+// Sets (or, with nullptr, unsets) an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    value ? ::setenv(name, value, 1) : ::unsetenv(name);
+  }
+  ~ScopedEnv() { old_ ? ::setenv(name_, old_->c_str(), 1) : ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 ModelConfig TinyGpt() {
   ModelConfig c;
@@ -47,13 +81,25 @@ Batch RandomTokens(int64_t rows, uint64_t seed) {
   return Batch{seq.narrow(1, 0, 16).contiguous(), seq.narrow(1, 1, 16).contiguous(), torch::Tensor()};
 }
 
+// Every parameter's gradient, flattened in NamedParameters order, copied to the host.
 std::vector<float> Gradients(Model& model) {
   std::vector<float> out;
   for (auto& [name, p] : model.NamedParameters()) {
-    auto g = p.grad().defined() ? p.grad().reshape(-1).contiguous() : torch::zeros({p.numel()});
+    auto g =
+        p.grad().defined() ? p.grad().reshape(-1).to(torch::kCPU).contiguous() : torch::zeros({p.numel()});
     out.insert(out.end(), g.data_ptr<float>(), g.data_ptr<float>() + g.numel());
   }
   return out;
+}
+
+// Largest |got - want| relative to the largest |want|.
+double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::abs(got[i] - want[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+  }
+  return scale > 0 ? worst / scale : worst;
 }
 
 TEST(DataParallelGroupTest, MeanOfHalfBatchGradientsIsTheFullBatchGradient) {
@@ -80,12 +126,56 @@ TEST(DataParallelGroupTest, MeanOfHalfBatchGradientsIsTheFullBatchGradient) {
   ASSERT_EQ(got[0].size(), want.size());
   EXPECT_EQ(params[0], params[1]);
   EXPECT_EQ(got[0], got[1]) << "the ranks hold different gradients after the all-reduce";
-  double worst = 0, scale = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    worst = std::max(worst, static_cast<double>(std::abs(got[0][i] - want[i])));
-    scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+  EXPECT_LT(RelativeError(got[0], want), 1e-5);
+}
+
+// The same on GPUs: one rank per GPU (at most 2; a single GPU makes a group of one), the model and the
+// collectives on the device. Skipped without a CUDA device.
+TEST(DataParallelGroupTest, OnCudaDevicesTheMeanGradientIsComputedOnTheDevice) {
+  if (CudaDevices() == 0) GTEST_SKIP() << "no CUDA device";
+  const int ranks = std::min(CudaDevices(), 2);
+  const int64_t rows = 8 / ranks;
+  const Batch full = RandomTokens(8, 7);
+  auto reference = MakeModel(TinyGpt(), /*seed=*/1);  // on the host
+  ASSERT_TRUE(reference.ok());
+  (*reference)->Loss(full).backward();
+  const std::vector<float> want = Gradients(**reference);
+  std::vector<std::vector<float>> got(static_cast<size_t>(ranks)), params(static_cast<size_t>(ranks));
+  OnRanks(ranks, std::chrono::seconds(60), /*cuda=*/true,
+          [&](DataParallelGroup& g, const std::string& device) {
+#ifdef LOWBAND_TORCH_CUDA
+            EXPECT_STREQ(g.parameter_backend(), "nccl");
+#endif
+            ModelConfig config = TinyGpt();
+            config.device = device;
+            auto model = MakeModel(config, g.rank() == 0 ? 1 : 99);
+            ASSERT_TRUE(model.ok()) << model.status().ToString();
+            ASSERT_TRUE(g.BroadcastParameters(**model).ok());
+            const Batch part{full.inputs.narrow(0, rows * g.rank(), rows),
+                             full.targets.narrow(0, rows * g.rank(), rows), torch::Tensor()};
+            (*model)->Loss(part).backward();
+            const Status reduced = g.AllReduceMean(**model);
+            ASSERT_TRUE(reduced.ok()) << reduced.ToString();
+            for (auto& [name, p] : (*model)->NamedParameters()) {
+              EXPECT_EQ(p.device().str(), device) << name;
+              EXPECT_EQ(p.grad().device().str(), device) << name << "'s gradient left the device";
+            }
+            got[static_cast<size_t>(g.rank())] = Gradients(**model);
+            CopyParamsTo(**model, &params[static_cast<size_t>(g.rank())]);
+            // Host data keeps going through Gloo beside NCCL (their store keys apart).
+            int64_t value = g.rank() == 0 ? 77 : -1;
+            ASSERT_TRUE(g.Broadcast(&value).ok());
+            EXPECT_EQ(value, 77);
+            EXPECT_TRUE(g.CheckIdentical(5, "a constant").ok());
+          });
+  for (int r = 0; r < ranks; ++r) {
+    EXPECT_EQ(params[static_cast<size_t>(r)], params[0]) << "rank " << r << " kept its own parameters";
+    EXPECT_EQ(got[static_cast<size_t>(r)], got[0]) << "rank " << r << " holds other gradients";
   }
-  EXPECT_LT(worst, 1e-5 * scale) << "largest gradient " << scale;
+  std::vector<float> initial;
+  CopyParamsTo(**reference, &initial);
+  EXPECT_EQ(params[0], initial) << "rank 0's parameters changed on the way";
+  EXPECT_LT(RelativeError(got[0], want), 1e-4) << "the device's mean gradient is not the full batch's";
 }
 
 TEST(DataParallelGroupTest, BroadcastGivesEveryRankRankZerosValuesAndBytes) {
@@ -137,12 +227,82 @@ TEST(DataParallelGroupTest, ACollectiveTimesOutWithAClearErrorWhenAPeerStopsAnsw
   });
 }
 
+// Two GPUs or more: a rank whose peer stops answering fails its NCCL all-reduce with lowband's error
+// within the timeout (LibTorch's watchdog must not take the process down first).
+TEST(DataParallelGroupTest, OnCudaDevicesACollectiveTimesOutWithAClearError) {
+  if (CudaDevices() < 2) GTEST_SKIP() << "needs 2 CUDA devices, found " << CudaDevices();
+  const auto timeout = std::chrono::seconds(5);
+  OnRanks(2, timeout, /*cuda=*/true, [&](DataParallelGroup& g, const std::string& device) {
+    ModelConfig config = TinyGpt();
+    config.device = device;
+    auto model = MakeModel(config, 1);
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    // Together once, so that the communicator exists; then rank 1 stops answering.
+    ASSERT_TRUE(g.BroadcastParameters(**model).ok());
+    if (g.rank() == 1) {
+      std::this_thread::sleep_for(timeout * 3);
+      return;
+    }
+    (*model)->Loss(RandomTokens(2, 3)).backward();
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status s = g.AllReduceMean(**model);
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+    EXPECT_NE(s.message().find("test site gradient all-reduce failed on rank 0 of 2"), std::string::npos)
+        << s.message();
+    EXPECT_LT(waited, timeout * 3) << "the all-reduce waited for the peer instead of timing out";
+  });
+}
+
+TEST(RankDeviceTest, TheLocalRankComesFromLocalRankWhenItIsOne) {
+  {
+    ScopedEnv env("LOCAL_RANK", nullptr);
+    EXPECT_EQ(LocalRank(5), 5);
+  }
+  {
+    ScopedEnv env("LOCAL_RANK", "3");
+    EXPECT_EQ(LocalRank(5), 3);
+  }
+  for (const char* bad : {"", "x", "-1", "2x"}) {
+    ScopedEnv env("LOCAL_RANK", bad);
+    EXPECT_EQ(LocalRank(5), 5) << "LOCAL_RANK='" << bad << "'";
+  }
+}
+
+TEST(RankDeviceTest, CpuStaysCpuAndOtherDevicesAreRefused) {
+  auto cpu = SelectRankDevice("cpu", 3);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
+  EXPECT_EQ(*cpu, "cpu");
+  for (const char* bad : {"tpu", "cuda:x", "", "gpu"}) {
+    EXPECT_EQ(SelectRankDevice(bad, 0).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(RankDeviceTest, PlainCudaPicksTheGpuOfTheLocalRank) {
+  const int n = CudaDevices();
+  if (n == 0) {
+    EXPECT_EQ(SelectRankDevice("cuda", 0).status().code(), StatusCode::kFailedPrecondition);
+    EXPECT_EQ(SelectRankDevice("cuda:0", 0).status().code(), StatusCode::kFailedPrecondition);
+    GTEST_SKIP() << "no CUDA device";
+  }
+  auto picked = SelectRankDevice("cuda", n + 1);
+  ASSERT_TRUE(picked.ok()) << picked.status().ToString();
+  EXPECT_EQ(*picked, "cuda:" + std::to_string((n + 1) % n));
+  auto named = SelectRankDevice("cuda:0", n + 1);  // a named device wins over the local rank
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  EXPECT_EQ(*named, "cuda:0");
+  EXPECT_EQ(SelectRankDevice("cuda:" + std::to_string(n), 0).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(DataParallelGroupTest, BadAddressesAndRanksAreRefusedBeforeAnyNetworking) {
   EXPECT_EQ(DataParallelGroup::Create({"localhost", 0, 2}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(DataParallelGroup::Create({"localhost:99999", 0, 2}).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(DataParallelGroup::Create({"localhost:1234", 2, 2}).status().code(),
             StatusCode::kInvalidArgument);
+  GroupOptions bad_device{"localhost:1234", 0, 1};
+  bad_device.device = "tpu:0";
+  EXPECT_EQ(DataParallelGroup::Create(bad_device).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace
