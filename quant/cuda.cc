@@ -69,6 +69,13 @@ Status Available() {
                               std::to_string(CUDART_VERSION / 1000) + "?)");
   }
   if (count == 0) return FailedPrecondition("no CUDA device on this machine");
+  // A device can be present but refuse a context (another process holds it in exclusive mode, or
+  // it is in a failed state): cudaFree(nullptr) creates the context without allocating anything.
+  if (const cudaError_t c = cudaFree(nullptr); c != cudaSuccess) {
+    cudaGetLastError();
+    return FailedPrecondition(std::string("the CUDA device cannot be used: ") + cudaGetErrorString(c) +
+                              " (in exclusive compute mode another process may hold it; see nvidia-smi)");
+  }
   return Status::Ok();
 }
 
