@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
       spec.format = *format;
       spec.block_size = block;
       Check(lowband::quant::Validate(spec), "spec");
-      const uint64_t pb = cuda::ParamBytes(spec, n), cb = cuda::CodeBytes(spec, n);
+      const uint64_t pb = lowband::quant::ParamBytes(spec, n), cb = lowband::quant::CodeBytes(spec, n);
       auto params = cuda::DeviceBuffer::Allocate(pb);
       auto codes = cuda::DeviceBuffer::Allocate(cb);
       auto error = cuda::DeviceBuffer::Allocate(sizeof(int));
@@ -145,14 +145,10 @@ int main(int argc, char** argv) {
         Check(cuda::LaunchEncode(spec, x->floats(), n, p, c, e, stream), "encode");
       });
       const double dec_s = BestSeconds(repeat, stream, [&] {
-        Check(cuda::LaunchDecode(spec.format, spec.scale_type, block, p, c, n, y->floats(), 1.0f, false,
-                                 stream),
-              "decode");
+        Check(cuda::LaunchDecode(spec, p, c, n, y->floats(), 1.0f, false, stream), "decode");
       });
       const double add_s = BestSeconds(repeat, stream, [&] {
-        Check(
-            cuda::LaunchDecode(spec.format, spec.scale_type, block, p, c, n, y->floats(), 0.5f, true, stream),
-            "decode-add");
+        Check(cuda::LaunchDecode(spec, p, c, n, y->floats(), 0.5f, true, stream), "decode-add");
       });
       int flagged = 0;
       Check(cudaMemcpy(&flagged, e, sizeof(int), cudaMemcpyDeviceToHost), "flag");

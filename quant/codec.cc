@@ -57,16 +57,14 @@ StatusOr<const internal::Kernels*> KernelsFor(Isa isa) {
 Status EncodeBlocks(const CodecSpec& spec, const internal::Kernels& k, std::span<const float> in,
                     uint8_t* body) {
   const uint64_t n = in.size();
-  const uint64_t blocks = (n + spec.block_size - 1) / spec.block_size;
-  internal::BlockEncodeArgs args{
-      in.data(),
-      n,
-      spec.block_size,
-      spec.scale_type,
-      spec.rounding == Rounding::kStochastic,
-      internal::SeedKey(spec.seed),
-      body,
-      body + blocks * ParamsPerBlock(spec.format) * internal::ScaleBytes(spec.scale_type)};
+  internal::BlockEncodeArgs args{in.data(),
+                                 n,
+                                 spec.block_size,
+                                 spec.scale_type,
+                                 spec.rounding == Rounding::kStochastic,
+                                 internal::SeedKey(spec.seed),
+                                 body,
+                                 body + ParamBytes(spec, n)};
   const internal::BlockEncodeResult r = k.encode_blocks(Traits(spec.format), args);
   const std::string block = "block " + std::to_string(r.bad_block) + " (values " +
                             std::to_string(r.bad_block * spec.block_size) + "..)";
@@ -191,7 +189,7 @@ Status DecodeImpl(std::span<const uint8_t> payload, std::span<float> out, float 
   const uint64_t bs = info.block_size, blocks = (n + bs - 1) / bs;
   const int sb = internal::ScaleBytes(info.scale_type);
   const uint64_t per = ParamsPerBlock(info.format);
-  const uint8_t* codes = body + blocks * per * sb;
+  const uint8_t* codes = body + ParamBytes(internal::SpecOf(info), n);
   for (uint64_t b = 0; b < blocks; ++b) {
     const uint64_t start = b * bs;
     const size_t len = static_cast<size_t>(std::min(bs, n - start));
@@ -203,6 +201,14 @@ Status DecodeImpl(std::span<const uint8_t> payload, std::span<float> out, float 
 }
 
 }  // namespace
+
+Status internal::CheckEncodeTarget(const CodecSpec& spec, uint64_t n, uint64_t out_bytes) {
+  const uint64_t need = EncodedSize(spec, n);
+  if (out_bytes >= need) return Status::Ok();
+  return InvalidArgument("output buffer has " + std::to_string(out_bytes) + " bytes; encoding " +
+                         std::to_string(n) + " values as " + std::string(FormatName(spec.format)) +
+                         " needs " + std::to_string(need) + " (see EncodedSize)");
+}
 
 Status internal::CheckDecodeTarget(const PayloadInfo& info, uint64_t n, float weight) {
   if (!std::isfinite(weight))
@@ -244,12 +250,7 @@ Status EncodeInto(const CodecSpec& spec, std::span<const float> in, std::span<ui
     return InvalidArgument("cannot encode " + std::to_string(in.size()) +
                            " values in one payload (limit 2^40); split it");
   }
-  const uint64_t need = EncodedSize(spec, in.size());
-  if (out.size() < need) {
-    return InvalidArgument("output buffer has " + std::to_string(out.size()) + " bytes; encoding " +
-                           std::to_string(in.size()) + " values as " + std::string(FormatName(spec.format)) +
-                           " needs " + std::to_string(need) + " (see EncodedSize)");
-  }
+  LOWBAND_RETURN_IF_ERROR(internal::CheckEncodeTarget(spec, in.size(), out.size()));
   LOWBAND_ASSIGN_OR_RETURN(const internal::Kernels* k, KernelsFor(spec.isa));
   uint8_t* h = out.data();
   uint8_t* body = h + kHeaderBytes;

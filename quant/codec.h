@@ -99,8 +99,12 @@ Status Validate(const CodecSpec& spec);
 bool CpuHasAvx2();
 
 // --- Sizes -----------------------------------------------------------------------------------
-// Exact payload size (header included) for n values.
+// Exact payload size (header included) for n values: kHeaderBytes + ParamBytes + CodeBytes.
 uint64_t EncodedSize(const CodecSpec& spec, uint64_t n);
+// The body's two areas: every block's scale (and minimum) parameters, 0 for passthrough formats;
+// then the packed codes (or passthrough values).
+uint64_t ParamBytes(const CodecSpec& spec, uint64_t n);
+uint64_t CodeBytes(const CodecSpec& spec, uint64_t n);
 // Bits sent per value, header and scales included.
 double BitsPerValue(const CodecSpec& spec, uint64_t n);
 

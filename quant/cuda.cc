@@ -41,21 +41,33 @@ Status NotBuilt() {
 }
 #endif
 
-uint64_t Blocks(const CodecSpec& spec, uint64_t n) { return (n + spec.block_size - 1) / spec.block_size; }
-
 }  // namespace
 
 bool Built() { return LOWBAND_HAVE_CUDA != 0; }
 
-uint64_t ParamBytes(const CodecSpec& spec, uint64_t n) {
-  if (!IsBlockwise(spec.format)) return 0;
-  const uint64_t per = internal::Traits(spec.format).kind == internal::Kind::kIntAsym ? 2 : 1;
-  return Blocks(spec, n) * per * static_cast<uint64_t>(internal::ScaleBytes(spec.scale_type));
+// Movable buffers: the moves are the same with and without CUDA; Free() differs.
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept
+    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    Free();
+    ptr_ = std::exchange(o.ptr_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
 }
-
-uint64_t CodeBytes(const CodecSpec& spec, uint64_t n) {
-  return (n * static_cast<uint64_t>(BitsPerCode(spec.format)) + 7) / 8;
+DeviceBuffer::~DeviceBuffer() { Free(); }
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept
+    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
+  if (this != &o) {
+    Free();
+    ptr_ = std::exchange(o.ptr_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
 }
+PinnedBuffer::~PinnedBuffer() { Free(); }
 
 #if LOWBAND_HAVE_CUDA
 
@@ -100,17 +112,7 @@ StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {
   b.bytes_ = bytes;
   return b;
 }
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept
-    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
-  if (this != &o) {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = std::exchange(o.ptr_, nullptr);
-    bytes_ = std::exchange(o.bytes_, 0);
-  }
-  return *this;
-}
-DeviceBuffer::~DeviceBuffer() {
+void DeviceBuffer::Free() {
   if (ptr_ != nullptr) cudaFree(ptr_);
 }
 Status DeviceBuffer::CopyFromHost(const void* src, size_t bytes, size_t offset) {
@@ -144,24 +146,15 @@ StatusOr<PinnedBuffer> PinnedBuffer::Allocate(size_t bytes) {
   b.bytes_ = bytes;
   return b;
 }
-PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept
-    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
-  if (this != &o) {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-    ptr_ = std::exchange(o.ptr_, nullptr);
-    bytes_ = std::exchange(o.bytes_, 0);
-  }
-  return *this;
-}
-PinnedBuffer::~PinnedBuffer() {
+void PinnedBuffer::Free() {
   if (ptr_ != nullptr) cudaFreeHost(ptr_);
 }
 
 // --- Kernels ---------------------------------------------------------------------------------
 
-Status LaunchEncode(const CodecSpec& spec, const float* x, uint64_t n, uint8_t* params, uint8_t* codes,
-                    int* error, void* stream) {
+namespace {
+// What both kernel launches need: a valid blockwise layout and an aligned code area.
+Status CheckLaunch(const CodecSpec& spec, const uint8_t* codes) {
   LOWBAND_RETURN_IF_ERROR(Validate(spec));
   if (!IsBlockwise(spec.format)) {
     return InvalidArgument(std::string(FormatName(spec.format)) +
@@ -169,25 +162,23 @@ Status LaunchEncode(const CodecSpec& spec, const float* x, uint64_t n, uint8_t* 
   }
   if (reinterpret_cast<uintptr_t>(codes) % 16 != 0)
     return InvalidArgument("code area must be 16-byte aligned");
+  return Status::Ok();
+}
+}  // namespace
+
+Status LaunchEncode(const CodecSpec& spec, const float* x, uint64_t n, uint8_t* params, uint8_t* codes,
+                    int* error, void* stream) {
+  LOWBAND_RETURN_IF_ERROR(CheckLaunch(spec, codes));
   if (n == 0) return Status::Ok();
   return LaunchEncodeKernel(spec, x, n, params, codes, error, stream);
 }
 
-Status LaunchDecode(Format format, ScaleType scale_type, uint32_t block_size, const uint8_t* params,
-                    const uint8_t* codes, uint64_t n, float* out, float weight, bool add, void* stream) {
-  CodecSpec spec;
-  spec.format = format;
-  spec.scale_type = scale_type;
-  spec.block_size = block_size;
-  LOWBAND_RETURN_IF_ERROR(Validate(spec));
-  if (!IsBlockwise(format)) {
-    return InvalidArgument(std::string(FormatName(format)) +
-                           " is a passthrough format: the CUDA kernels take the blockwise formats only");
-  }
-  if (reinterpret_cast<uintptr_t>(codes) % 16 != 0)
-    return InvalidArgument("code area must be 16-byte aligned");
+Status LaunchDecode(const CodecSpec& layout, const uint8_t* params, const uint8_t* codes, uint64_t n,
+                    float* out, float weight, bool add, void* stream) {
+  LOWBAND_RETURN_IF_ERROR(CheckLaunch(layout, codes));
   if (n == 0) return Status::Ok();
-  return LaunchDecodeKernel(format, scale_type, block_size, params, codes, n, out, weight, add, stream);
+  return LaunchDecodeKernel(layout.format, layout.scale_type, layout.block_size, params, codes, n, out,
+                            weight, add, stream);
 }
 
 // --- Codec -----------------------------------------------------------------------------------
@@ -195,8 +186,8 @@ Status LaunchDecode(Format format, ScaleType scale_type, uint32_t block_size, co
 struct Codec::Impl {
   int device = 0;
   cudaStream_t stream = nullptr;
-  DeviceBuffer params, codes, error, values;  // device staging, grown on demand
-  PinnedBuffer host;                          // host staging (error flag, passthrough values)
+  DeviceBuffer params, codes, error;  // device staging, grown on demand
+  PinnedBuffer host;                  // host staging (error flag, passthrough values)
 
   ~Impl() {
     if (stream != nullptr) cudaStreamDestroy(stream);
@@ -293,7 +284,7 @@ Status Codec::EncodeToHost(const CodecSpec& spec, const float* x, uint64_t n, st
   std::memcpy(&flagged, m.host.data(), sizeof(int));
   if (flagged != 0) {
     // A non-finite value or a scale out of range: the CPU encoder finds it and names it.
-    std::vector<uint8_t> scratch(size);
+    std::vector<uint8_t> scratch(EncodedSize(spec, n));
     LOWBAND_ASSIGN_OR_RETURN(float* host, m.ValuesOnHost(x, n));
     const Status s = EncodeInto(spec, {host, n}, scratch);
     if (s.ok())
@@ -324,10 +315,7 @@ Status Codec::Decode(std::span<const uint8_t> payload, float weight, bool add, f
         "copy values to device");
     return m.Sync("decode");
   }
-  CodecSpec spec;
-  spec.format = info.format;
-  spec.scale_type = info.scale_type;
-  spec.block_size = info.block_size;
+  const CodecSpec spec = internal::SpecOf(info);
   const uint64_t pb = ParamBytes(spec, n), cb = CodeBytes(spec, n);
   LOWBAND_RETURN_IF_ERROR(Impl::Grow(&m.params, pb));
   LOWBAND_RETURN_IF_ERROR(Impl::Grow(&m.codes, cb));
@@ -336,9 +324,9 @@ Status Codec::Decode(std::span<const uint8_t> payload, float weight, bool add, f
   LOWBAND_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(m.codes.data(), body + pb, cb, cudaMemcpyHostToDevice, m.stream),
       "copy codes to device");
-  LOWBAND_RETURN_IF_ERROR(LaunchDecode(
-      info.format, info.scale_type, info.block_size, static_cast<const uint8_t*>(m.params.data()),
-      static_cast<const uint8_t*>(m.codes.data()), n, out, weight, add, m.stream));
+  LOWBAND_RETURN_IF_ERROR(LaunchDecode(spec, static_cast<const uint8_t*>(m.params.data()),
+                                       static_cast<const uint8_t*>(m.codes.data()), n, out, weight, add,
+                                       m.stream));
   return m.Sync("decode");
 }
 
@@ -354,30 +342,15 @@ Status Codec::DecodeAddToDevice(std::span<const uint8_t> payload, float weight, 
 Status Available() { return NotBuilt(); }
 std::string DeviceDescription() { return NotBuilt().message(); }
 StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t) { return NotBuilt(); }
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept
-    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
-  ptr_ = std::exchange(o.ptr_, nullptr);
-  bytes_ = std::exchange(o.bytes_, 0);
-  return *this;
-}
-DeviceBuffer::~DeviceBuffer() = default;
+void DeviceBuffer::Free() {}
 Status DeviceBuffer::CopyFromHost(const void*, size_t, size_t) { return NotBuilt(); }
 Status DeviceBuffer::CopyToHost(void*, size_t, size_t) const { return NotBuilt(); }
 StatusOr<PinnedBuffer> PinnedBuffer::Allocate(size_t) { return NotBuilt(); }
-PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept
-    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
-  ptr_ = std::exchange(o.ptr_, nullptr);
-  bytes_ = std::exchange(o.bytes_, 0);
-  return *this;
-}
-PinnedBuffer::~PinnedBuffer() = default;
+void PinnedBuffer::Free() {}
 Status LaunchEncode(const CodecSpec&, const float*, uint64_t, uint8_t*, uint8_t*, int*, void*) {
   return NotBuilt();
 }
-Status LaunchDecode(Format, ScaleType, uint32_t, const uint8_t*, const uint8_t*, uint64_t, float*, float,
-                    bool, void*) {
+Status LaunchDecode(const CodecSpec&, const uint8_t*, const uint8_t*, uint64_t, float*, float, bool, void*) {
   return NotBuilt();
 }
 struct Codec::Impl {};

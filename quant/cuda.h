@@ -58,6 +58,7 @@ class DeviceBuffer {
   [[nodiscard]] Status CopyToHost(void* dst, size_t bytes, size_t offset = 0) const;
 
  private:
+  void Free();
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
@@ -79,23 +80,22 @@ class PinnedBuffer {
   std::span<uint8_t> span() const { return {ptr_, bytes_}; }
 
  private:
+  void Free();
   uint8_t* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
 
 // Low-level device-to-device entry points (what the benchmark times): no header, no host copies.
 // The body goes to two device regions, block parameters and packed codes, each laid out as in the
-// payload. `params` needs ParamBytes(spec, n) bytes, `codes` CodeBytes(spec, n) and must be 16-byte
-// aligned. `error` is a device int that the kernel sets non-zero (never clears) on a non-finite value
+// payload. `params` needs quant::ParamBytes(spec, n) bytes, `codes` quant::CodeBytes(spec, n) and must be
+// 16-byte aligned. `error` is a device int that the kernel sets non-zero (never clears) on a non-finite value
 // or an out-of-range scale. `stream` is a cudaStream_t (nullptr: the legacy default stream).
-uint64_t ParamBytes(const CodecSpec& spec, uint64_t n);
-uint64_t CodeBytes(const CodecSpec& spec, uint64_t n);
 [[nodiscard]] Status LaunchEncode(const CodecSpec& spec, const float* x, uint64_t n, uint8_t* params,
                                   uint8_t* codes, int* error, void* stream);
-// out[i] = value i (add: out[i] += weight * value i) from device params/codes laid out as above.
-[[nodiscard]] Status LaunchDecode(Format format, ScaleType scale_type, uint32_t block_size,
-                                  const uint8_t* params, const uint8_t* codes, uint64_t n, float* out,
-                                  float weight, bool add, void* stream);
+// out[i] = value i (add: out[i] += weight * value i) from device params/codes laid out as above;
+// `layout` gives the format, block size and scale type (its other fields are not used).
+[[nodiscard]] Status LaunchDecode(const CodecSpec& layout, const uint8_t* params, const uint8_t* codes,
+                                  uint64_t n, float* out, float weight, bool add, void* stream);
 
 // A codec bound to one device, with its own stream and reusable staging buffers (grown on demand).
 class Codec {

@@ -186,15 +186,19 @@ Status Validate(const CodecSpec& spec) {
   return Status::Ok();
 }
 
+uint64_t ParamBytes(const CodecSpec& spec, uint64_t n) {
+  if (!IsBlockwise(spec.format)) return 0;
+  const uint64_t blocks = (n + spec.block_size - 1) / spec.block_size;
+  const uint64_t params = Traits(spec.format).kind == internal::Kind::kIntAsym ? 2 : 1;
+  return blocks * params * static_cast<uint64_t>(internal::ScaleBytes(spec.scale_type));
+}
+
+uint64_t CodeBytes(const CodecSpec& spec, uint64_t n) {
+  return (n * static_cast<uint64_t>(Traits(spec.format).bits) + 7) / 8;
+}
+
 uint64_t EncodedSize(const CodecSpec& spec, uint64_t n) {
-  const auto& t = Traits(spec.format);
-  uint64_t body = (n * static_cast<uint64_t>(t.bits) + 7) / 8;
-  if (IsBlockwise(spec.format)) {
-    const uint64_t blocks = (n + spec.block_size - 1) / spec.block_size;
-    const uint64_t params = t.kind == internal::Kind::kIntAsym ? 2 : 1;
-    body += blocks * params * static_cast<uint64_t>(internal::ScaleBytes(spec.scale_type));
-  }
-  return kHeaderBytes + body;
+  return kHeaderBytes + ParamBytes(spec, n) + CodeBytes(spec, n);
 }
 
 double BitsPerValue(const CodecSpec& spec, uint64_t n) {

@@ -450,6 +450,16 @@ LOWBAND_HD float DequantizeOne(const float* lut, bool asym, uint32_t code, float
 // Writes the 32-byte header of a payload of n values whose body is already in place after it, the
 // CRC32C included (EncodeInto and the CUDA encoder both finish with this).
 void WriteHeader(const CodecSpec& spec, uint64_t n, uint8_t* payload);
+// The layout fields of a payload's spec (format, block size, scale type), from its header.
+inline CodecSpec SpecOf(const PayloadInfo& info) {
+  CodecSpec spec;
+  spec.format = info.format;
+  spec.block_size = info.block_size;
+  spec.scale_type = info.scale_type;
+  return spec;
+}
+// Checks that an encode of n values fits in out_bytes (the message names EncodedSize).
+Status CheckEncodeTarget(const CodecSpec& spec, uint64_t n, uint64_t out_bytes);
 // Checks that a decode of `info` into n values with `weight` (1 for a plain decode) can go ahead.
 Status CheckDecodeTarget(const PayloadInfo& info, uint64_t n, float weight);
 
