@@ -154,6 +154,12 @@ struct DataParallelGroup::Impl {
   std::chrono::milliseconds timeout;
   std::string name;
   torch::Tensor flat;  // reused parameter or gradient buffer (host for Gloo, device for NCCL)
+
+  // Makes `flat` an fp32 buffer of `total` values on `where`, reusing it when it already is one.
+  void FlatBuffer(int64_t total, const torch::Device& where) {
+    if (!flat.defined() || flat.numel() != total || flat.device() != where)
+      flat = torch::empty({total}, torch::TensorOptions().dtype(torch::kFloat32).device(where));
+  }
 };
 
 DataParallelGroup::DataParallelGroup(std::unique_ptr<Impl> impl, int rank, int size)
@@ -254,9 +260,7 @@ Status DataParallelGroup::BroadcastParameters(Model& model) {
         values.push_back(p.data());
         total += p.numel();
       }
-      if (!impl_->flat.defined() || impl_->flat.numel() != total || impl_->flat.device() != impl_->device)
-        impl_->flat =
-            torch::empty({total}, torch::TensorOptions().dtype(torch::kFloat32).device(impl_->device));
+      impl_->FlatBuffer(total, impl_->device);
       Flatten(values, impl_->flat);
       std::vector<at::Tensor> t{impl_->flat};
       impl_->BroadcastFromRank0(t, /*on_nccl=*/true);
@@ -289,8 +293,7 @@ Status DataParallelGroup::AllReduceMean(Model& model) {
     }
     // Gloo reduces on the host; NCCL on the parameters' device.
     const torch::Device where = on_nccl ? impl_->device : torch::Device(torch::kCPU);
-    if (!impl_->flat.defined() || impl_->flat.numel() != total || impl_->flat.device() != where)
-      impl_->flat = torch::empty({total}, torch::TensorOptions().dtype(torch::kFloat32).device(where));
+    impl_->FlatBuffer(total, where);
     Flatten(grads, impl_->flat);
     std::vector<at::Tensor> t{impl_->flat};
     impl_->AllReduce(t, on_nccl);
