@@ -13,6 +13,8 @@ namespace {
 constexpr double kMinBits = 2.0, kMaxBits = 8.0;
 // Largest change of a channel's continuous width in one update, in bits.
 constexpr double kMaxBitStep = 0.25;
+// 2^4 - 1: the expected task gradient is measured against a 4-bit step.
+constexpr double kFourBitLevels = 15.0;
 
 double Sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
@@ -50,12 +52,19 @@ StatusOr<BitAllocator> BitAllocator::Create(CutCodec codec, int channels, const 
       return InvalidArgument("split.schedule_fraction must be in [0, 1]");
     if (!(config.importance_decay >= 0 && config.importance_decay < 1))
       return InvalidArgument("split.importance_decay must be in [0, 1)");
+    if (config.bit_gradient != "expected" && config.bit_gradient != "sample")
+      return InvalidArgument("split.bit_gradient: expected 'expected' or 'sample', got '" +
+                             config.bit_gradient + "'");
   }
   return BitAllocator(codec, channels, config, std::max<int64_t>(total_steps, 1));
 }
 
 BitAllocator::BitAllocator(CutCodec codec, int channels, const SplitConfig& config, int64_t total_steps)
-    : codec_(codec), channels_(channels), config_(config), total_steps_(total_steps) {
+    : codec_(codec),
+      channels_(channels),
+      config_(config),
+      total_steps_(total_steps),
+      expected_gradient_(config.bit_gradient == "expected") {
   if (codec_ == CutCodec::kAmaq) {
     const double s = (config_.start_bits - kMinBits) / (kMaxBits - kMinBits);
     gates_.assign(static_cast<size_t>(channels_), std::log(s / (1 - s)) / config_.gate_scale);
@@ -73,12 +82,28 @@ void BitAllocator::RefreshBits() {
     return;
   }
   bits_.assign(static_cast<size_t>(channels_), static_cast<uint8_t>(config_.bits));
-  if (codec_ == CutCodec::kAmaq) {
-    for (size_t c = 0; c < gates_.size(); ++c) {
-      const double b = kMinBits + (kMaxBits - kMinBits) * Sigmoid(config_.gate_scale * gates_[c]);
-      bits_[c] = static_cast<uint8_t>(std::clamp(std::lround(b), 2L, 8L));
-    }
+  if (codec_ != CutCodec::kAmaq) return;
+  const std::vector<double> b = continuous_bits();
+  if (!config_.exact_budget) {
+    for (size_t c = 0; c < b.size(); ++c)
+      bits_[c] = static_cast<uint8_t>(std::clamp(std::lround(b[c]), 2L, 8L));
+    return;
   }
+  // Every channel starts at 2 bits; each further bit k (3..8) of channel c is a unit whose claim is
+  // b_c - (k - 0.5), positive exactly when rounding b_c to nearest would include it. The budget takes
+  // the units with the largest claims (ties by channel order). A channel's claims fall with k, so the
+  // units taken are a prefix for every channel.
+  const auto C = static_cast<int64_t>(b.size());
+  const int64_t units = std::clamp<int64_t>(std::llround(target_ * static_cast<double>(C)) - 2 * C, 0, 6 * C);
+  std::vector<std::pair<double, int64_t>> claims;
+  claims.reserve(static_cast<size_t>(6 * C));
+  for (int64_t c = 0; c < C; ++c)
+    for (int k = 3; k <= 8; ++k) claims.emplace_back(b[static_cast<size_t>(c)] - (k - 0.5), c);
+  std::nth_element(claims.begin(), claims.begin() + units, claims.end(), [](const auto& l, const auto& r) {
+    return l.first != r.first ? l.first > r.first : l.second < r.second;
+  });
+  std::fill(bits_.begin(), bits_.end(), uint8_t{2});
+  for (int64_t u = 0; u < units; ++u) ++bits_[static_cast<size_t>(claims[static_cast<size_t>(u)].second)];
 }
 
 std::vector<double> BitAllocator::continuous_bits() const {
@@ -136,10 +161,12 @@ Status BitAllocator::Update(int64_t step, const torch::Tensor& x, const torch::T
       for (double& v : w) v *= static_cast<double>(C) / sum;
     }
 
-    // Controller on the wire's mean bits against this step's target.
+    // Controller on the mean bits against this step's target: the wire's mean, or the continuous mean
+    // when the rounding spends the budget exactly (the wire's mean is then the target by construction).
     target_ = AmaqTarget(config_.bits, config_.schedule_fraction, step, total_steps_);
+    const std::vector<double> b = continuous_bits();
     double mean = 0;
-    for (uint8_t b : bits_) mean += b;
+    for (size_t c = 0; c < C; ++c) mean += config_.exact_budget ? b[c] : bits_[c];
     mean /= static_cast<double>(C);
     const double err = mean - target_;
     integral_ += config_.lambda_lr * err;
@@ -152,13 +179,28 @@ Status BitAllocator::Update(int64_t step, const torch::Tensor& x, const torch::T
       for (double& v : w) sum += (v = 1.0 / v);
       for (double& v : w) v *= static_cast<double>(C) / sum;
     }
+    // The task term dL/db_c, in units of one channel (mean magnitude about 1 for "expected").
+    std::vector<double> task(C);
+    if (expected_gradient_) {
+      // -ln2 2^b/(2^b-1) * I_c / (12 (2^b-1)^2): the importance EMA is sum_t G^2 range^2, and
+      // range^2 / (2^b-1)^2 is the step squared. Measured in units of a channel of mean importance at
+      // 4 bits (I / mean I, steps relative to 2^4-1), so lambda stays O(1) whatever the gradients' scale:
+      // only the channels' ratios set the allocation.
+      const double norm = mean_importance > 0 ? 1.0 / mean_importance : 0.0;
+      for (size_t c = 0; c < C; ++c) {
+        const double p2 = std::exp2(b[c]), rel_step = kFourBitLevels / (p2 - 1);
+        task[c] = -std::numbers::ln2 * p2 / (p2 - 1) * importance_[c] * norm * rel_step * rel_step;
+      }
+    } else {
+      for (size_t c = 0; c < C; ++c) {
+        const double p2 = std::exp2(static_cast<double>(bits_[c]));
+        task[c] = -std::numbers::ln2 * p2 / (p2 - 1) * dot[c] * static_cast<double>(C);
+      }
+    }
     for (size_t c = 0; c < C; ++c) {
-      const double B = bits_[c];
-      const double p2 = std::exp2(B);
-      const double task = -std::numbers::ln2 * p2 / (p2 - 1) * dot[c] * static_cast<double>(C);
       const double sig = Sigmoid(config_.gate_scale * gates_[c]);
       const double db_dq = (kMaxBits - kMinBits) * config_.gate_scale * sig * (1 - sig);
-      double dq = -config_.gate_lr * (task + lambda_ * w[c]) * db_dq;
+      double dq = -config_.gate_lr * (task[c] + lambda_ * w[c]) * db_dq;
       // A trust region: no channel's width moves by more than kMaxBitStep per step, so one large
       // controller output cannot throw a channel across the whole range (and back).
       const double limit = kMaxBitStep / std::max(db_dq, 1e-9);
@@ -182,6 +224,15 @@ AllocatorStats BitAllocator::stats() const {
     ++s.histogram[static_cast<size_t>(b - 2)];
   }
   s.mean_bits = sum / static_cast<double>(bits_.size());
+  // The importance-weighted quantization noise sum_c I_c 4^-B_c against uniform widths at the same mean.
+  if (have_importance_) {
+    double uniform = 0, mixed = 0;
+    for (size_t c = 0; c < bits_.size(); ++c) {
+      uniform += importance_[c] * std::exp2(-2 * s.mean_bits);
+      mixed += importance_[c] * std::exp2(-2.0 * bits_[c]);
+    }
+    if (mixed > 0) s.noise_vs_uniform = mixed / uniform;
+  }
   return s;
 }
 

@@ -1,26 +1,35 @@
 // AMAQ bit allocation: learns how many bits each channel of the cut activations gets (DESIGN.md §5).
 //
 // Channel c has a gate q_c and a continuous bit width b_c = 2 + 6 * sigmoid(gate_scale * q_c); the
-// wire uses B_c = round(b_c) (quant/amaq.h packs channels by B_c). After each training step the
-// client knows X (what it computed), X^ (what the server decoded) and G = dL/dX^ (what came back), and
-// updates the gates by SGD on
+// wire uses integer widths B_c (quant/amaq.h packs channels by B_c): by default the rounding of the b_c
+// whose sum is exactly round(target(t) * C), largest remainders first (exact_budget), so the budget is
+// spent to the bit; otherwise round(b_c) per channel. After each training step the client knows X (what
+// it computed), X^ (what the server decoded) and G = dL/dX^ (what came back), and updates the gates by
+// SGD on
 //     task loss + lambda(t) * (sum_c w_c b_c / C - target(t))
 // where
-//   * the task term reaches b_c through the quantization step s_c = range_c / (2^B_c - 1):
+//   * the task term reaches b_c through the quantization step s_c = range_c / (2^b_c - 1):
 //     x^ = min_c + s_c * round((x - min_c) / s_c), so dx^/ds_c = (x^ - x) / s_c (straight-through for
-//     the rounding) and dL/db_c = -ln2 * 2^B_c / (2^B_c - 1) * sum_t G_tc (x^_tc - x_tc);
-//     X itself gets G unchanged (straight-through), which is what the client's backward does;
-//   * w_c weights channels by importance: I_c = EMA of sum_t G_tc^2 range_c^2 (the loss's sensitivity
-//     to channel c's quantization noise, which is range^2 / (12 (2^B - 1)^2) per value), w_c =
-//     (I_c / mean I + 1e-3)^-importance_power clipped to [0.05, 20] and normalized to mean 1, so
-//     channels the loss ignores lose bits first (when the mean is under the target, lambda < 0 and the
-//     reciprocal weights give bits back to the channels that matter most first);
+//     the rounding) and dL/db_c = -ln2 * 2^b / (2^b - 1) * sum_t G_tc (x^_tc - x_tc). X itself gets G
+//     unchanged (straight-through), which is what the client's backward does. That sample is unbiased but
+//     noisy: with G = G0 + H (x^ - x), its mean over the rounding noise is the curvature term
+//     sum_t H_tt s_c^2 / 12, and G_tc^2 stands in for H_tt (the empirical Fisher). bit_gradient
+//     "expected" (the default) uses that mean, from the importance below; "sample" uses this step's;
+//   * I_c = EMA of sum_t G_tc^2 range_c^2 is the loss's sensitivity to channel c's quantization noise
+//     (range^2 / (12 (2^B - 1)^2) per value). With the expected task term and w_c = 1, the gates'
+//     fixed point is the water-filling allocation I_c 4^-b_c = const (the widths that minimize
+//     sum_c I_c 4^-b_c for the budget). w_c = (I_c / mean I + 1e-3)^-importance_power clipped to
+//     [0.05, 20] and normalized to mean 1 pushes further in the same direction (what the noisy sample
+//     estimate needs): channels the loss ignores lose bits first; when the mean is under the target,
+//     lambda < 0 and the reciprocal weights give bits back to the channels that matter most first;
 //   * target(t) steps from 8 down to the budget in whole bits over schedule_fraction of the run
-//     (progressive), and lambda(t) is a PI controller on the wire's mean bits, so the mean follows the
-//     target rather than a hand-tuned penalty weight.
-// Gradients are in units of one channel (the penalty's 1/C and the task term scaled by C alike) and
-// the update is plain SGD (Adam would normalize each gate's step and erase the importance weights)
-// with a trust region of 0.25 bit per channel per step.
+//     (progressive), and lambda(t) is a PI controller on the mean bits (the continuous mean under
+//     exact_budget, the wire's otherwise), so the mean follows the target rather than a hand-tuned
+//     penalty weight.
+// Gradients are in units of one channel and the update is plain SGD (Adam would normalize each gate's
+// step and erase the importance weights) with a trust region of 0.25 bit per channel per step.
+// stats().noise_vs_uniform reports how much importance-weighted noise the mixed widths cost against
+// uniform widths of the same mean (below 1 = better than fixed bits, by the allocator's own measure).
 //
 // The same class serves the fixed and fp32 baselines (constant bits, no learning), so every codec
 // runs the same code path. Thread safety: one thread. Lifetimes: plain values.
@@ -49,6 +58,10 @@ struct AllocatorStats {
   double target = 32;
   double lambda = 0;
   std::array<int, 7> histogram{};  // channels at 2..8 bits
+  // AMAQ: sum_c I_c 4^-B_c over sum_c I_c 4^-mean, with I_c the importance estimate (the loss's
+  // sensitivity to channel c's quantization noise): below 1 when the mixed widths cost the loss less
+  // noise than uniform widths with the same bytes would. 1 for fixed, fp32 and before the first update.
+  double noise_vs_uniform = 1;
 };
 
 class BitAllocator {
@@ -80,6 +93,7 @@ class BitAllocator {
   int channels_;
   SplitConfig config_;
   int64_t total_steps_;
+  bool expected_gradient_;
   std::vector<double> gates_;
   std::vector<double> importance_;
   bool have_importance_ = false;

@@ -51,10 +51,22 @@ struct SplitConfig {
   double lambda_lr = 0.02;
   double lambda_kp = 2.0;
   // Weight each channel's bits by 1 / importance^importance_power (importance = EMA of the loss
-  // sensitivity sum_t (dL/dx_tc)^2 * scale_c^2), normalized to mean 1; 0 = plain mean bits.
-  double importance_power = 0.5;
+  // sensitivity sum_t (dL/dx_tc)^2 * scale_c^2), normalized to mean 1; 0 = plain mean bits (what the
+  // "expected" bit gradient needs: it already carries the importance; 0.5 suits "sample").
+  double importance_power = 0;
   // EMA factor of the importance estimate.
   double importance_decay = 0.9;
+  // The task term of the gates' gradient, dL/db_c through the quantization step:
+  //   "expected": its expectation over the rounding noise, -ln2 2^b/(2^b-1) * sum_t G_tc^2 s_c^2 / 12
+  //               (the second-order loss increase, G^2 standing in for the curvature), from the
+  //               importance EMA: low variance, and its fixed point with the plain budget penalty is
+  //               the importance-weighted water-filling allocation;
+  //   "sample":   this step's -ln2 2^B/(2^B-1) * sum_t G_tc (x^_tc - x_tc) (unbiased, much noisier).
+  std::string bit_gradient = "expected";
+  // Round the continuous widths to wire bits whose sum is exactly round(target * channels) (largest
+  // remainders first), so the budget is spent, not over- or undershot; false rounds each channel alone
+  // and leaves the mean to the controller.
+  bool exact_budget = true;
 
   // Server: most concurrent sessions; idle sessions are dropped after session_timeout_s.
   int max_sessions = 16;

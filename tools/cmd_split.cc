@@ -191,6 +191,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
           {"target_bits", stats.target},
           {"lambda", stats.lambda},
           {"bits_histogram", stats.histogram},
+          {"noise_vs_uniform", stats.noise_vs_uniform},
           {"bytes_up", bytes_up},
           {"bytes_down", bytes_down},
           {"bytes_per_example", static_cast<double>(bytes_up + bytes_down) / static_cast<double>(examples)},
@@ -200,11 +201,15 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       log->Write(j);
       bits_curve.push_back({{"step", step + 1}, {"mean_bits", stats.mean_bits}, {"target", stats.target}});
       spdlog::info(
-          "step {}/{}  loss {:.4f}{}  bits up {:.2f} (target {:.0f}) down {:.2f}  {}/example  {:.1f} ex/s  "
+          "step {}/{}  loss {:.4f}{}  bits up {:.2f} (target {:.0f}{}) down {:.2f}  {}/example  {:.1f} ex/s  "
           "ETA {:.0f}s",
           step + 1, c.steps, loss_window.Get(),
           classify ? fmt::format("  acc {:.1f}%", 100 * acc_window.Get()) : std::string(),
-          r->up.code_bits_per_value, stats.target, r->down.code_bits_per_value,
+          r->up.code_bits_per_value, stats.target,
+          cl.allocator().codec() == split::CutCodec::kAmaq
+              ? fmt::format(", noise {:.2f}x uniform", stats.noise_vs_uniform)
+              : std::string(),
+          r->down.code_bits_per_value,
           comm::HumanBytes(static_cast<double>(bytes_up + bytes_down) / static_cast<double>(examples)),
           static_cast<double>(examples) / elapsed, eta);
       loss_window = {};
@@ -236,6 +241,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"mean_bits_up", bits_up.Get()},
       {"mean_bits_down", bits_down.Get()},
       {"final_bits_histogram", stats.histogram},
+      {"final_noise_vs_uniform", stats.noise_vs_uniform},
       {"bytes_up", bytes_up},
       {"bytes_down", bytes_down},
       {"bitmap_bytes_up", bitmap_up},

@@ -573,10 +573,10 @@ class StreamingWorker {
       const uint64_t round = next_round_[p]++;
       pending_[p] = {true, round, t + static_cast<int64_t>(schedule_->overlap())};
       if (!leader()) continue;  // the site's leader sends; the other ranks wait for the update with it
-      CopyParamsTo(*trainer_.model_, &theta_);
+      // Only fragment p's tensors leave the model (and the device): the cost is the fragment's size.
       std::vector<float>& delta = scratch_;
       delta.resize(g_[p].size());
-      LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, theta_, delta));
+      LOWBAND_RETURN_IF_ERROR(CopyParamsTo(*trainer_.model_, layout_->fragment(p).tensors, delta));
       for (size_t i = 0; i < delta.size(); ++i) delta[i] = g_[p][i] - delta[i];
       quant::CodecSpec spec = reply_.upload_codec;
       spec.seed = MessageSeed(o_.seed, reply_.worker_id, p, round);
@@ -652,14 +652,13 @@ class StreamingWorker {
 
   // theta_p = alpha theta_p + (1 - alpha) g_p.
   Status Merge(uint32_t p) {
-    CopyParamsTo(*trainer_.model_, &theta_);
+    const std::vector<uint32_t>& tensors = layout_->fragment(p).tensors;
     std::vector<float>& local = scratch_;
     local.resize(g_[p].size());
-    LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, theta_, local));
+    LOWBAND_RETURN_IF_ERROR(CopyParamsTo(*trainer_.model_, tensors, local));
     const float a = reply_.mixing_alpha, b = 1.0f - reply_.mixing_alpha;
     for (size_t i = 0; i < local.size(); ++i) local[i] = a * local[i] + b * g_[p][i];
-    LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, local, theta_));
-    return CopyParamsFrom(*trainer_.model_, theta_);
+    return CopyParamsFrom(*trainer_.model_, tensors, local);
   }
 
   // The site's leader passes what it got for a round (nothing yet, the encoded update, an error,

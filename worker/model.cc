@@ -5,6 +5,7 @@
 #include <numbers>
 #include <string_view>
 
+#include <fmt/format.h>
 #include <torch/cuda.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -605,6 +606,62 @@ Status CopyParamsFrom(Model& model, std::span<const float> flat) {
       // from_blob does not copy and never writes; copy_ converts device and dtype as needed.
       const torch::Tensor view = torch::from_blob(const_cast<float*>(src), p.sizes(), torch::kFloat);
       p.copy_(view);
+      src += p.numel();
+    }
+    return Status::Ok();
+  });
+}
+
+namespace {
+
+// The tensors of `tensors` (indices into NamedParameters), after checking them and that `flat_size`
+// is their total element count.
+StatusOr<std::vector<torch::Tensor>> SelectParams(Model& model, std::span<const uint32_t> tensors,
+                                                  size_t flat_size, const char* what) {
+  const auto params = model.NamedParameters();
+  std::vector<torch::Tensor> out;
+  out.reserve(tensors.size());
+  int64_t total = 0;
+  for (uint32_t i : tensors) {
+    if (i >= params.size()) {
+      return InvalidArgument(
+          fmt::format("{}: parameter index {} is out of range (the model has {}); the "
+                      "fragment layout was built for a different model",
+                      what, i, params.size()));
+    }
+    out.push_back(params[i].second);
+    total += params[i].second.numel();
+  }
+  if (static_cast<int64_t>(flat_size) != total) {
+    return InvalidArgument(fmt::format("{}: the {} selected parameters hold {} floats, the buffer {}", what,
+                                       tensors.size(), total, flat_size));
+  }
+  return out;
+}
+
+}  // namespace
+
+Status CopyParamsTo(Model& model, std::span<const uint32_t> tensors, std::span<float> flat) {
+  LOWBAND_ASSIGN_OR_RETURN(auto selected, SelectParams(model, tensors, flat.size(), "CopyParamsTo"));
+  return GuardTorch("CopyParamsTo", [&]() -> Status {
+    torch::NoGradGuard no_grad;
+    float* dst = flat.data();
+    for (const torch::Tensor& p : selected) {
+      // copy_ into a host view converts device and dtype in one step.
+      torch::from_blob(dst, p.sizes(), torch::kFloat).copy_(p.detach());
+      dst += p.numel();
+    }
+    return Status::Ok();
+  });
+}
+
+Status CopyParamsFrom(Model& model, std::span<const uint32_t> tensors, std::span<const float> flat) {
+  LOWBAND_ASSIGN_OR_RETURN(auto selected, SelectParams(model, tensors, flat.size(), "CopyParamsFrom"));
+  return GuardTorch("CopyParamsFrom", [&]() -> Status {
+    torch::NoGradGuard no_grad;
+    const float* src = flat.data();
+    for (torch::Tensor& p : selected) {
+      p.copy_(torch::from_blob(const_cast<float*>(src), p.sizes(), torch::kFloat));
       src += p.numel();
     }
     return Status::Ok();

@@ -163,4 +163,13 @@ void CopyParamsTo(Model& model, std::vector<float>* flat);
 // and changes nothing in that case.
 [[nodiscard]] Status CopyParamsFrom(Model& model, std::span<const float> flat);
 
+// The same for a subset: the parameters whose NamedParameters indices are `tensors` (ascending),
+// concatenated in that order (a Streaming DiLoCo fragment: comm::FragmentInfo::tensors). Only those
+// tensors are read or written (from any device), so a fragment costs its own size, not the model's.
+// `flat` must hold exactly their elements; an index out of range or a wrong length is refused and
+// nothing is written.
+[[nodiscard]] Status CopyParamsTo(Model& model, std::span<const uint32_t> tensors, std::span<float> flat);
+[[nodiscard]] Status CopyParamsFrom(Model& model, std::span<const uint32_t> tensors,
+                                    std::span<const float> flat);
+
 }  // namespace lowband::worker

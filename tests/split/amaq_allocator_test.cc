@@ -1,6 +1,8 @@
 // AMAQ bit allocation: the progressive target, importance (a channel the loss uses keeps its bits
 // longer than a channel that is noise), the mean following the target, and the baselines staying put.
 #include <cmath>
+#include <numeric>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -59,7 +61,7 @@ struct ConstructedRun {
   std::vector<double> gap;
   double final_mean = 0;
 };
-ConstructedRun RunConstructedCase(double importance_power) {
+ConstructedRun RunConstructedCase(double importance_power, const std::string& bit_gradient = "sample") {
   torch::manual_seed(3);
   const int C = 16, rows = 256, signal = 8;
   const int64_t steps = 120;
@@ -67,6 +69,9 @@ ConstructedRun RunConstructedCase(double importance_power) {
   cfg.bits = 4;
   cfg.schedule_fraction = 0.5;
   cfg.importance_power = importance_power;
+  cfg.bit_gradient = bit_gradient;
+  // The sample estimate's tests are about the gates themselves: each channel rounds alone.
+  cfg.exact_budget = bit_gradient != "sample";
   auto alloc = BitAllocator::Create(CutCodec::kAmaq, C, cfg, steps);
   EXPECT_TRUE(alloc.ok()) << alloc.status().ToString();
   const torch::Tensor w = torch::randn({signal, 4});
@@ -98,44 +103,116 @@ TEST(BitAllocator, ChannelsTheLossUsesKeepTheirBitsLongerThanNoiseChannels) {
   EXPECT_NEAR(run.final_mean, 4.0, 0.5);
 }
 
-TEST(BitAllocator, ImportanceWeightingIsWhatSeparatesTheChannels) {
-  // Without the importance weights only the (small) task gradient tells the channels apart: the
-  // weighted penalty must open a clearly larger gap between signal and noise channels.
+TEST(BitAllocator, TheExpectedTaskGradientSeparatesTheChannelsWithoutWeights) {
+  // The expected task term alone (plain mean-bits penalty) must send the noise channels to the floor
+  // and give their bits to the signal channels, within the budget.
+  const ConstructedRun run = RunConstructedCase(/*importance_power=*/0.0, "expected");
+  for (size_t t = 0; t < run.gap.size(); ++t)
+    EXPECT_GE(run.gap[t], 0.0) << "step " << t << ": signal channels lost bits faster than noise";
+  EXPECT_GE(run.gap.back(), 3.0);
+  EXPECT_NEAR(run.final_mean, 4.0, 1.0 / 16);
+}
+
+TEST(BitAllocator, ImportanceWeightingIsWhatSeparatesTheChannelsOfTheSampleGradient) {
+  // With the one-step sample of the task gradient and no importance weights only that (small, noisy)
+  // term tells the channels apart: the weighted penalty must open a clearly larger gap.
   const ConstructedRun weighted = RunConstructedCase(0.5), plain = RunConstructedCase(0.0);
   EXPECT_GE(weighted.gap.back(), plain.gap.back() + 1.0)
       << "weighted gap " << weighted.gap.back() << " vs unweighted " << plain.gap.back();
   EXPECT_NEAR(plain.final_mean, 4.0, 0.5);  // both still meet the budget
 }
 
-TEST(BitAllocator, MeanBitsFollowTheTargetSchedule) {
+// Channels of very different scales and sensitivities, like real activations, through the wire codec
+// for `steps` steps. Calls `check(step, allocator)` after every update.
+template <typename Check>
+void RunSpreadChannels(const SplitConfig& cfg, int C, int64_t steps, Check check) {
   torch::manual_seed(5);
-  const int C = 64, rows = 128;
-  const int64_t steps = 200;
-  SplitConfig cfg;
-  cfg.bits = 3;
-  cfg.schedule_fraction = 0.5;
+  const int rows = 128;
   auto alloc = BitAllocator::Create(CutCodec::kAmaq, C, cfg, steps);
   ASSERT_TRUE(alloc.ok());
-  // Channels of very different scales and sensitivities, like real activations.
   const torch::Tensor scale = torch::exp(torch::randn({C}));
   const torch::Tensor sens = torch::exp(torch::randn({C}));
   quant::AmaqEncoder enc;
   quant::AmaqDecoder dec;
-  double worst_after_settling = 0;
   for (int64_t t = 0; t < steps; ++t) {
     const torch::Tensor x = torch::randn({rows, C}) * scale;
     const torch::Tensor xhat = WireRoundTrip(x, *alloc, enc, dec);
     const torch::Tensor g = torch::randn({rows, C}) * sens * 1e-3;
     ASSERT_TRUE(alloc->Update(t, x, xhat, g).ok());
-    const auto st = alloc->stats();
-    // Ten steps after a change of target the mean must be close to it.
-    if (t >= 10 && AmaqTarget(cfg.bits, cfg.schedule_fraction, t - 10, steps) == st.target) {
-      worst_after_settling = std::max(worst_after_settling, std::abs(st.mean_bits - st.target));
-    }
+    check(t, *alloc);
   }
-  EXPECT_LT(worst_after_settling, 0.5);
-  EXPECT_NEAR(alloc->stats().mean_bits, 3.0, 0.15);
-  EXPECT_EQ(alloc->stats().target, 3.0);
+}
+
+TEST(BitAllocator, ExactBudgetSpendsTheTargetToTheBitEveryStep) {
+  SplitConfig cfg;
+  cfg.bits = 3;
+  cfg.schedule_fraction = 0.5;
+  const int C = 50;  // 3.5 bits * 50 channels is a whole number of bits; 4.02 * 50 is not
+  int checked = 0;
+  RunSpreadChannels(cfg, C, 120, [&](int64_t t, const BitAllocator& alloc) {
+    const auto st = alloc.stats();
+    int sum = 0;
+    for (uint8_t b : alloc.bits()) sum += b;
+    EXPECT_EQ(sum, static_cast<int>(std::lround(st.target * C))) << "step " << t;
+    // The rounding keeps the learned order: a wider continuous width never gets fewer wire bits.
+    const auto cont = alloc.continuous_bits();
+    for (size_t c = 0; c < cont.size(); ++c) {
+      for (size_t d = 0; d < cont.size(); ++d) {
+        if (cont[c] > cont[d]) {
+          EXPECT_GE(alloc.bits()[c], alloc.bits()[d]) << "step " << t;
+        }
+      }
+    }
+    ++checked;
+  });
+  EXPECT_EQ(checked, 120);
+}
+
+TEST(BitAllocator, TheExpectedGradientCostsLessWeightedNoiseThanUniformBits) {
+  // Water-filling on I_c 4^-b: with sensitivities and scales spread over e^N(0,1) each, the mixed
+  // widths must cost the loss clearly less importance-weighted noise than 3 bits everywhere.
+  SplitConfig cfg;
+  cfg.bits = 3;
+  cfg.schedule_fraction = 0.3;
+  cfg.importance_power = 0;
+  double last = 1;
+  RunSpreadChannels(cfg, 64, 200,
+                    [&](int64_t, const BitAllocator& alloc) { last = alloc.stats().noise_vs_uniform; });
+  EXPECT_LT(last, 0.5);
+  cfg.bit_gradient = "sample";
+  double sample = 1;
+  RunSpreadChannels(cfg, 64, 200,
+                    [&](int64_t, const BitAllocator& alloc) { sample = alloc.stats().noise_vs_uniform; });
+  EXPECT_LT(last, 0.5 * sample) << "the expected task gradient should allocate better than one noisy sample";
+}
+
+TEST(BitAllocator, MeanBitsFollowTheTargetSchedule) {
+  // The controller holds the mean it steers: the wire's when each channel rounds alone ("sample", its
+  // setting), the continuous widths' when the rounding spends the budget exactly (the default).
+  for (const bool exact : {true, false}) {
+    SplitConfig cfg;
+    cfg.bits = 3;
+    cfg.schedule_fraction = 0.5;
+    cfg.exact_budget = exact;
+    cfg.bit_gradient = exact ? "expected" : "sample";
+    cfg.importance_power = exact ? 0.0 : 0.5;
+    const int64_t steps = 200;
+    double worst_after_settling = 0, mean = 0, target = 0;
+    RunSpreadChannels(cfg, 64, steps, [&](int64_t t, const BitAllocator& alloc) {
+      target = alloc.stats().target;
+      mean = alloc.stats().mean_bits;
+      if (exact) {
+        const auto b = alloc.continuous_bits();
+        mean = std::accumulate(b.begin(), b.end(), 0.0) / static_cast<double>(b.size());
+      }
+      // Ten steps after a change of target the mean must be close to it.
+      if (t >= 10 && AmaqTarget(cfg.bits, cfg.schedule_fraction, t - 10, steps) == target)
+        worst_after_settling = std::max(worst_after_settling, std::abs(mean - target));
+    });
+    EXPECT_LT(worst_after_settling, 0.5) << cfg.bit_gradient;
+    EXPECT_NEAR(mean, 3.0, 0.2) << cfg.bit_gradient;
+    EXPECT_EQ(target, 3.0) << cfg.bit_gradient;
+  }
 }
 
 TEST(BitAllocator, BaselinesKeepTheirBitsAndRejectBadSettings) {
@@ -153,6 +230,9 @@ TEST(BitAllocator, BaselinesKeepTheirBitsAndRejectBadSettings) {
   cfg.bits = 9;
   EXPECT_FALSE(BitAllocator::Create(CutCodec::kAmaq, 8, cfg, 10).ok());
   EXPECT_FALSE(ParseCutCodec("int4").ok());
+  cfg.bit_gradient = "exact";
+  EXPECT_FALSE(BitAllocator::Create(CutCodec::kAmaq, 8, cfg, 10).ok());
+  cfg.bit_gradient = "expected";
   cfg.bits = 4;
   auto amaq = BitAllocator::Create(CutCodec::kAmaq, 8, cfg, 10);
   ASSERT_TRUE(amaq.ok());

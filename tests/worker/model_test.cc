@@ -271,6 +271,52 @@ TEST_F(WorkerModelTest, CopyParamsRoundTripsExactlyAndRejectsWrongLength) {
   EXPECT_TRUE(BitIdentical(Flat(*c), fc));  // unchanged
 }
 
+TEST_F(WorkerModelTest, FragmentCopiesTouchOnlyTheirTensorsAndMatchTheFlatView) {
+  auto a = Make(TinyGpt(), 1);
+  auto b = Make(TinyGpt(), 2);
+  ASSERT_TRUE(a && b);
+  const auto info = Describe(*a);
+  ASSERT_GE(info.size(), 4u);
+  // Every other tensor, like one Streaming DiLoCo fragment.
+  std::vector<uint32_t> tensors;
+  size_t n = 0;
+  for (uint32_t i = 1; i < info.size(); i += 2) {
+    tensors.push_back(i);
+    n += static_cast<size_t>(info[i].numel);
+  }
+  // Reading: the subset is the flat view's pieces, in order.
+  const auto fa = Flat(*a);
+  std::vector<float> part(n), expect;
+  ASSERT_TRUE(CopyParamsTo(*a, tensors, part).ok());
+  for (uint32_t i : tensors)
+    expect.insert(expect.end(), fa.begin() + info[i].offset, fa.begin() + info[i].offset + info[i].numel);
+  EXPECT_TRUE(BitIdentical(part, expect));
+  // Writing: b takes a's fragment, its other tensors keep their values.
+  const auto fb = Flat(*b);
+  ASSERT_TRUE(CopyParamsFrom(*b, tensors, part).ok());
+  const auto fb2 = Flat(*b);
+  for (uint32_t i = 0; i < info.size(); ++i) {
+    const bool in_fragment = i % 2 == 1;
+    const auto& want = in_fragment ? fa : fb;
+    EXPECT_EQ(std::memcmp(fb2.data() + info[i].offset, want.data() + info[i].offset,
+                          static_cast<size_t>(info[i].numel) * sizeof(float)),
+              0)
+        << info[i].name;
+  }
+  // A wrong length or an index out of range is refused and writes nothing.
+  std::vector<float> short_part(n - 1);
+  Status s = CopyParamsFrom(*b, tensors, short_part);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find(std::to_string(n)), std::string::npos) << s.message();
+  const std::vector<uint32_t> bad = {0, static_cast<uint32_t>(info.size())};
+  std::vector<float> any(static_cast<size_t>(info[0].numel) + 1);
+  s = CopyParamsFrom(*b, bad, any);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("out of range"), std::string::npos) << s.message();
+  EXPECT_FALSE(CopyParamsTo(*b, bad, any).ok());
+  EXPECT_TRUE(BitIdentical(Flat(*b), fb2));
+}
+
 TEST_F(WorkerModelTest, InvalidConfigsAreRejectedWithReasons) {
   ModelConfig c = TinyGpt();
   c.n_heads = 5;
