@@ -94,8 +94,12 @@ void RegisterInfo(CLI::App& data) {
   info->add_option("--data-dir", args->data.data_dir, "Where `data prepare` wrote")->capture_default_str();
   info->add_option("--seq-len", args->data.seq_len, "Tokens per training window")->capture_default_str();
   info->add_option("--batch-size", args->data.batch_size, "Examples per batch")->capture_default_str();
-  info->add_option("--heldout-fraction", args->data.heldout_fraction,
-                   "Token data: fraction held out (the end)")
+  info->add_option("--heldout-fraction", args->data.heldout_fraction, "Token data: fraction held out")
+      ->capture_default_str();
+  info->add_option("--split", args->data.split,
+                   "Token data: interleaved (chunks dealt to shards, held-out chunks spread) or contiguous")
+      ->capture_default_str();
+  info->add_option("--chunk-tokens", args->data.chunk_tokens, "Token data, interleaved: tokens per chunk")
       ->capture_default_str();
   info->add_option("--eval-batches", args->data.eval_batches, "Evaluation batches")->capture_default_str();
   info->add_option("--workers", args->workers, "Number of training shards")
@@ -124,8 +128,8 @@ void RegisterInfo(CLI::App& data) {
               positives, eval_targets - positives, args->data.seq_len);
         }
       }
-      const auto [begin, end] = ds.ShardRange();
-      fmt::print("shard {}/{}: [{}, {}) = {}\n", shard, args->workers, begin, end, ds.TrainSize());
+      fmt::print("shard {}/{}: {} {}, {}\n", shard, args->workers, ds.TrainSize(),
+                 ds.task() == worker::TaskKind::kLanguageModel ? "tokens" : "examples", ds.ShardLayout());
     }
   });
 }

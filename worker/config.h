@@ -59,11 +59,24 @@ struct DataConfig {
   // Tokens per training window (language data), or bytes kept of each e-mail (text classification,
   // padded to this length); should equal the model's context.
   int seq_len = 128;
-  // Token data: fraction of the tokens, taken from the end, held out for evaluation.
+  // Token data: fraction of the tokens held out for evaluation.
   double heldout_fraction = 0.05;
+  // Token data: how the tokens are split into the held-out set and the workers' shards.
+  //   "interleaved"  the file is cut into chunks of chunk_tokens; heldout_fraction of them, spread
+  //                  evenly over the file, are held out, and training chunk j belongs to shard
+  //                  j mod workers, so every shard and the held-out set sample the whole text (the
+  //                  i.i.d. shards of one data-parallel job: what a multi-site run is compared with)
+  //   "contiguous"   the last heldout_fraction of the tokens is held out and shard i is the i-th
+  //                  contiguous slice of the rest: in a file ordered by topic (the Brown corpus is
+  //                  ordered by genre) every worker trains on other text (non-i.i.d. sites)
+  std::string split = "interleaved";
+  // Token data, interleaved split: tokens per chunk (at most 1/32 of the file is used, and at least
+  // seq_len + 1). Training windows never cross a chunk boundary.
+  int64_t chunk_tokens = 4096;
   // Number of evaluation batches built from the held-out set (fewer if it is too small). Token data:
-  // consecutive non-overlapping windows from the start of the held-out part; images and e-mails: the
-  // first eval_batches * batch_size held-out examples.
+  // non-overlapping windows, from the start of the held-out part (contiguous) or spread evenly over
+  // the held-out chunks (interleaved); images and e-mails: the first eval_batches * batch_size
+  // held-out examples.
   int eval_batches = 16;
 };
 

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <string_view>
 
+#include <fmt/format.h>
 #include <torch/types.h>
 #include <nlohmann/json.hpp>
 
@@ -98,21 +99,82 @@ Status ValidateDataConfig(const DataConfig& c, int shard, int num_shards) {
     return bad("heldout_fraction must be in [0, 1), got " + std::to_string(c.heldout_fraction));
   }
   if (c.eval_batches < 0) return bad("eval_batches must be >= 0, got " + std::to_string(c.eval_batches));
+  if (c.split != "interleaved" && c.split != "contiguous") {
+    return bad(
+        "split must be \"interleaved\" (every shard samples the whole text) or \"contiguous\" "
+        "(shard i is the i-th slice), got \"" +
+        c.split + "\"");
+  }
+  if (c.chunk_tokens < 1) return bad("chunk_tokens must be >= 1, got " + std::to_string(c.chunk_tokens));
   return Status::Ok();
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Token data (bytes of a text file, or uint16 token ids)
 
+// Where the tokens of a file go: the held-out segments and this shard's training segments, each a
+// [begin, end) range of token positions in the file (data.h, "Splits").
+struct TokenSplit {
+  std::vector<std::pair<int64_t, int64_t>> heldout, shard;
+  int64_t train_total = 0;  // tokens of every shard together
+  int64_t chunk = 0;        // the interleaved layout's chunk length (0: contiguous)
+};
+
+TokenSplit SplitTokens(const DataConfig& c, int64_t n, int shard, int num_shards) {
+  TokenSplit out;
+  if (c.split == "contiguous") {
+    const int64_t heldout = std::llround(static_cast<double>(n) * c.heldout_fraction);
+    out.train_total = n - heldout;
+    if (heldout > 0) out.heldout.push_back({out.train_total, n});
+    out.shard.push_back(ShardSlice(out.train_total, shard, num_shards));
+    return out;
+  }
+  // Interleaved: chunks of `chunk` tokens (at most 1/32 of the file, so that small files interleave
+  // too; at least one window); h of them, evenly spread, are held out; training chunk j goes to
+  // shard j mod num_shards.
+  const int64_t window = int64_t{c.seq_len} + 1;
+  out.chunk = std::max(window, std::min<int64_t>(c.chunk_tokens, n / 32));
+  const int64_t chunks = (n + out.chunk - 1) / out.chunk;
+  int64_t h = std::llround(static_cast<double>(chunks) * c.heldout_fraction);
+  if (c.heldout_fraction > 0 && h == 0 && chunks > 1) h = 1;
+  std::vector<bool> held(static_cast<size_t>(chunks), false);
+  for (int64_t j = 0; j < h; ++j) held[static_cast<size_t>((2 * j + 1) * chunks / (2 * h))] = true;
+  int64_t train_index = 0;
+  for (int64_t i = 0; i < chunks; ++i) {
+    const std::pair<int64_t, int64_t> range{i * out.chunk, std::min(n, (i + 1) * out.chunk)};
+    if (held[static_cast<size_t>(i)]) {
+      out.heldout.push_back(range);
+      continue;
+    }
+    out.train_total += range.second - range.first;
+    if (train_index++ % num_shards == shard) out.shard.push_back(range);
+  }
+  return out;
+}
+
 class TokenDataset final : public Dataset {
  public:
   // Everything is prepared by Open; the constructor only takes ownership.
-  TokenDataset(const DataConfig& c, std::vector<int64_t> train, std::vector<Batch> eval, int64_t shard_begin,
-               int64_t train_total, int64_t vocab, uint64_t key)
+  TokenDataset(const DataConfig& c, std::vector<int64_t> train, std::vector<int64_t> segment_starts,
+               std::vector<Batch> eval, int64_t shard_begin, int64_t train_total, int64_t vocab, uint64_t key,
+               std::string layout)
       : Dataset(TaskKind::kLanguageModel, vocab, std::move(eval), shard_begin, train_total),
         config_(c),
         train_(std::move(train)),
-        key_(key) {}
+        key_(key),
+        layout_(std::move(layout)) {
+    // Window starts of segment s: segment_starts[s] .. segment_end - seq_len - 1 (a window never
+    // crosses from one segment into the next, which is not the text that follows it).
+    segment_starts.push_back(static_cast<int64_t>(train_.size()));
+    const int64_t T = c.seq_len;
+    for (size_t s = 0; s + 1 < segment_starts.size(); ++s) {
+      const int64_t windows = segment_starts[s + 1] - segment_starts[s] - T;
+      if (windows <= 0) continue;
+      first_start_.push_back(segment_starts[s]);
+      windows_before_.push_back(total_windows_);
+      total_windows_ += windows;
+    }
+  }
 
   static StatusOr<std::unique_ptr<Dataset>> Open(const DataConfig& c, const std::string& path,
                                                  int token_bytes, const std::string& hint, int shard,
@@ -124,21 +186,57 @@ class TokenDataset final : public Dataset {
                              " (expected flat little-endian uint16 token ids)");
     }
     const int64_t n = file_size / token_bytes;
-    const int64_t heldout = std::llround(static_cast<double>(n) * c.heldout_fraction);
-    const int64_t train_total = n - heldout;
-    const auto [begin, end] = ShardSlice(train_total, shard, num_shards);
     const int64_t T = c.seq_len;
-    if (end - begin < T + 1) {
+    const TokenSplit split = SplitTokens(c, n, shard, num_shards);
+
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return NotFound("cannot open " + Quoted(path) + ": " + std::strerror(errno));
+    std::vector<int64_t> train, starts;
+    for (const auto& [begin, end] : split.shard) {
+      starts.push_back(static_cast<int64_t>(train.size()));
+      LOWBAND_RETURN_IF_ERROR(ReadTokens(in, path, token_bytes, begin, end - begin, &train));
+    }
+    int64_t windows = 0;
+    for (size_t s = 0; s < starts.size(); ++s) {
+      const int64_t end = s + 1 < starts.size() ? starts[s + 1] : static_cast<int64_t>(train.size());
+      windows += std::max<int64_t>(0, end - starts[s] - T);
+    }
+    if (windows == 0) {
       return FailedPrecondition(Quoted(path) + ": training shard " + std::to_string(shard) + " of " +
-                                std::to_string(num_shards) + " has " + std::to_string(end - begin) +
-                                " tokens, fewer than seq_len+1 = " + std::to_string(T + 1) +
+                                std::to_string(num_shards) + " has " + std::to_string(train.size()) +
+                                " tokens and no window of seq_len+1 = " + std::to_string(T + 1) +
                                 "; use a larger file, fewer workers or a shorter seq_len");
     }
-    const bool want_eval = c.eval_batches > 0 && heldout > 0;
-    if (want_eval && heldout < T + 1) {
-      return FailedPrecondition(Quoted(path) + ": the held-out part has " + std::to_string(heldout) +
-                                " tokens, fewer than seq_len+1 = " + std::to_string(T + 1) +
-                                "; raise heldout_fraction or use a larger file");
+
+    // Evaluation windows: seq_len+1 tokens at a stride of seq_len inside each held-out segment.
+    std::vector<int64_t> window_starts;
+    for (const auto& [begin, end] : split.heldout) {
+      for (int64_t w = begin; w + T + 1 <= end; w += T) window_starts.push_back(w);
+    }
+    const bool want_eval = c.eval_batches > 0 && !split.heldout.empty();
+    if (want_eval && window_starts.empty()) {
+      return FailedPrecondition(Quoted(path) +
+                                ": the held-out part has no window of seq_len+1 = " + std::to_string(T + 1) +
+                                " tokens; raise heldout_fraction or use a larger file");
+    }
+    std::vector<Batch> eval;
+    if (want_eval) {
+      // The first eval_batches x batch_size windows (contiguous: from the start of the held-out
+      // part), or as many spread evenly over every held-out chunk (interleaved).
+      const auto available = static_cast<int64_t>(window_starts.size());
+      const int64_t count = std::min<int64_t>(available, int64_t{c.eval_batches} * c.batch_size);
+      std::vector<int64_t> tokens;
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t pick = split.chunk == 0 ? i : i * available / count;
+        LOWBAND_RETURN_IF_ERROR(
+            ReadTokens(in, path, token_bytes, window_starts[static_cast<size_t>(pick)], T + 1, &tokens));
+      }
+      for (int64_t first = 0; first < count; first += c.batch_size) {
+        const int64_t b = std::min<int64_t>(c.batch_size, count - first);
+        std::vector<int64_t> at(static_cast<size_t>(b));
+        for (int64_t i = 0; i < b; ++i) at[static_cast<size_t>(i)] = (first + i) * (T + 1);
+        eval.push_back(MakeWindows(tokens, at, T));
+      }
     }
 
     int64_t vocab = 256;
@@ -147,39 +245,39 @@ class TokenDataset final : public Dataset {
       LOWBAND_ASSIGN_OR_RETURN(vocab, MaxToken(path, n));
       vocab += 1;
     }
-    LOWBAND_ASSIGN_OR_RETURN(std::vector<int64_t> train, ReadTokens(path, token_bytes, begin, end - begin));
-
-    std::vector<Batch> eval;
-    if (want_eval) {
-      LOWBAND_ASSIGN_OR_RETURN(std::vector<int64_t> held,
-                               ReadTokens(path, token_bytes, train_total, heldout));
-      const int64_t windows = std::min<int64_t>((heldout - 1) / T, int64_t{c.eval_batches} * c.batch_size);
-      for (int64_t first = 0; first < windows; first += c.batch_size) {
-        const int64_t b = std::min<int64_t>(c.batch_size, windows - first);
-        std::vector<int64_t> starts(static_cast<size_t>(b));
-        for (int64_t i = 0; i < b; ++i) starts[static_cast<size_t>(i)] = (first + i) * T;
-        eval.push_back(MakeWindows(held, starts, T));
-      }
-    }
-    return std::unique_ptr<Dataset>(new TokenDataset(c, std::move(train), std::move(eval), begin, train_total,
-                                                     vocab,
-                                                     StreamKey(seed, static_cast<uint64_t>(shard), 0)));
+    const std::string layout =
+        split.chunk == 0
+            ? fmt::format("[{}, {}) of the training part (contiguous)", split.shard[0].first,
+                          split.shard[0].second)
+            : fmt::format(
+                  "{} chunks of {} tokens, every {}th training chunk from number {} (interleaved; "
+                  "{} held-out chunks spread over the file)",
+                  split.shard.size(), split.chunk, num_shards, shard, split.heldout.size());
+    const int64_t shard_begin = split.chunk == 0 ? split.shard[0].first : 0;
+    return std::unique_ptr<Dataset>(
+        new TokenDataset(c, std::move(train), std::move(starts), std::move(eval), shard_begin,
+                         split.train_total, vocab, StreamKey(seed, static_cast<uint64_t>(shard), 0), layout));
   }
 
   Batch NextTrainBatch() override {
     const int64_t T = config_.seq_len;
-    const auto positions = static_cast<uint64_t>(static_cast<int64_t>(train_.size()) - T);  // valid starts
     std::vector<int64_t> starts(static_cast<size_t>(train_batch_size_));
     for (int64_t i = 0; i < train_batch_size_; ++i) {
       const uint64_t k =
           static_cast<uint64_t>(drawn_) * static_cast<uint64_t>(train_batch_size_) + static_cast<uint64_t>(i);
-      starts[static_cast<size_t>(i)] = static_cast<int64_t>(Draw(key_, k) % positions);
+      const auto u = static_cast<int64_t>(Draw(key_, k) % static_cast<uint64_t>(total_windows_));
+      const size_t s =
+          static_cast<size_t>(std::upper_bound(windows_before_.begin(), windows_before_.end(), u) -
+                              windows_before_.begin()) -
+          1;
+      starts[static_cast<size_t>(i)] = first_start_[s] + (u - windows_before_[s]);
     }
     ++drawn_;
     return MakeWindows(train_, starts, T);
   }
 
   int64_t TrainSize() const override { return static_cast<int64_t>(train_.size()); }
+  std::string ShardLayout() const override { return layout_; }
 
  private:
   static Batch MakeWindows(const std::vector<int64_t>& tokens, const std::vector<int64_t>& starts,
@@ -197,18 +295,26 @@ class TokenDataset final : public Dataset {
     return Batch{inputs, targets, torch::Tensor()};
   }
 
-  static StatusOr<std::vector<int64_t>> ReadTokens(const std::string& path, int token_bytes, int64_t first,
-                                                   int64_t count) {
-    LOWBAND_ASSIGN_OR_RETURN(const std::string raw,
-                             ReadRange(path, first * token_bytes, count * token_bytes));
-    std::vector<int64_t> out(static_cast<size_t>(count));
-    const auto* p = reinterpret_cast<const unsigned char*>(raw.data());
-    for (int64_t i = 0; i < count; ++i) {
-      out[static_cast<size_t>(i)] =
-          token_bytes == 1 ? p[i]
-                           : static_cast<int64_t>(p[2 * i] | (static_cast<unsigned>(p[2 * i + 1]) << 8));
+  // Appends tokens [first, first + count) of the open file `in` to *out.
+  static Status ReadTokens(std::ifstream& in, const std::string& path, int token_bytes, int64_t first,
+                           int64_t count, std::vector<int64_t>* out) {
+    std::string raw(static_cast<size_t>(count * token_bytes), '\0');
+    in.clear();
+    in.seekg(first * token_bytes);
+    in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
+    if (in.gcount() != static_cast<std::streamsize>(raw.size())) {
+      return DataLoss("short read from " + Quoted(path) + ": wanted " + std::to_string(raw.size()) +
+                      " bytes at offset " + std::to_string(first * token_bytes) + ", got " +
+                      std::to_string(in.gcount()));
     }
-    return out;
+    const auto* p = reinterpret_cast<const unsigned char*>(raw.data());
+    out->reserve(out->size() + static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      out->push_back(token_bytes == 1
+                         ? p[i]
+                         : static_cast<int64_t>(p[2 * i] | (static_cast<unsigned>(p[2 * i + 1]) << 8)));
+    }
+    return Status::Ok();
   }
 
   static StatusOr<int64_t> MaxToken(const std::string& path, int64_t n) {
@@ -229,8 +335,12 @@ class TokenDataset final : public Dataset {
   }
 
   DataConfig config_;
-  std::vector<int64_t> train_;  // this shard's tokens
+  std::vector<int64_t> train_;  // this shard's tokens, its segments one after another
   uint64_t key_;
+  std::string layout_;
+  // Per segment with at least one window: where it starts in train_, and the windows before it.
+  std::vector<int64_t> first_start_, windows_before_;
+  int64_t total_windows_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------

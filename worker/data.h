@@ -2,17 +2,19 @@
 // files, Fashion-MNIST, and the SpamAssassin e-mails (spam/ham classification of byte sequences), each
 // split into a fixed held-out set and per-worker training shards.
 //
-// Splits. The held-out set never depends on the number of workers: for token data it is the last
-// `heldout_fraction` of the tokens, for Fashion-MNIST the official t10k test set, for spam-assassin
-// the e-mails `lowband data prepare` put in heldout.jsonl (by checksum); every worker builds the same
-// evaluation batches from it. The training part (everything before the held-out tokens, the 60k
-// training images, or the lines of train.jsonl) is cut into `num_shards` disjoint contiguous slices,
-// one per worker; the slices cover it exactly.
+// Splits. The held-out set never depends on the number of workers: for token data it is
+// `heldout_fraction` of the tokens (data.split "interleaved", the default: that share of fixed-size
+// chunks spread evenly over the file; "contiguous": the last tokens), for Fashion-MNIST the official
+// t10k test set, for spam-assassin the e-mails `lowband data prepare` put in heldout.jsonl (by
+// checksum); every worker builds the same evaluation batches from it. The training part is split into
+// `num_shards` disjoint shards that cover it exactly: token data by chunks dealt round-robin
+// (interleaved) or in contiguous slices; the 60k training images and the lines of train.jsonl in
+// contiguous slices.
 //
-// Sampling. Token data: each training example is a random window of seq_len+1 tokens inside the
-// shard (inputs = the first seq_len, targets = the last seq_len). Images and e-mails: the shard is
-// visited in a fresh random order every epoch. All are a pure function of (seed, shard, batch index),
-// so a worker can resume at batch k with SeekTrain(k) and draw exactly the batches it would have drawn.
+// Sampling. Token data: each training example is a random window of seq_len+1 tokens inside one
+// chunk of the shard (inputs = the first seq_len, targets = the last seq_len). Images and e-mails: the shard
+// is visited in a fresh random order every epoch. All are a pure function of (seed, shard, batch index), so a
+// worker can resume at batch k with SeekTrain(k) and draw exactly the batches it would have drawn.
 //
 // Text classification (spam-assassin): an example is the first seq_len bytes of an e-mail's cleaned
 // text as token ids 1..255 (a 0 byte becomes a space, so that 0 is only padding), padded at the end
@@ -59,8 +61,14 @@ class Dataset {
 
   // The fixed held-out batches: identical on every worker, whatever the shard count.
   const std::vector<Batch>& EvalBatches() const { return eval_; }
-  // This shard's slice [begin, end) of the training part, in tokens or examples.
+  // This shard's slice [begin, end) of the training part, in tokens or examples (for interleaved
+  // token data, [0, TrainSize()): its chunks come from all over the file; see ShardLayout).
   std::pair<int64_t, int64_t> ShardRange() const { return {shard_begin_, shard_begin_ + TrainSize()}; }
+  // Where this shard's examples come from, in words (for `lowband data info` and logs).
+  virtual std::string ShardLayout() const {
+    return "[" + std::to_string(shard_begin_) + ", " + std::to_string(shard_begin_ + TrainSize()) +
+           ") of the training part";
+  }
   // Size of the training part (all shards together), in tokens or examples.
   int64_t TrainTotal() const { return train_total_; }
   // Number of distinct targets: token ids (256 for bytes) or classes (10 for Fashion-MNIST, 2 for

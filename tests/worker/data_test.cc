@@ -26,9 +26,10 @@ std::string PositionTokens(int n) {
   return bytes;
 }
 
-DataConfig TokensConfig(const std::string& path) {
+DataConfig TokensConfig(const std::string& path, const std::string& split = "contiguous") {
   DataConfig c;
   c.dataset = "tokens:" + path;
+  c.split = split;
   c.batch_size = 4;
   c.seq_len = 16;
   c.heldout_fraction = 0.1;
@@ -98,6 +99,73 @@ TEST(WorkerDataTest, EvalBatchesAreHeldOutAndIdenticalForAnyShardCount) {
   EXPECT_EQ(one->EvalBatches()[0].inputs[1][0].item<int64_t>(), 4500 + 16);
 }
 
+// Interleaved split of a 20000-token file (token value = position) into chunks of 500: 40 chunks, 4
+// of them held out (numbers 5, 15, 25, 35), the other 36 dealt to 3 shards in turn.
+TEST(WorkerDataTest, InterleavedShardsTakeEveryNthChunkAndWindowsStayInsideOneChunk) {
+  ScratchDir dir;
+  WriteFile(dir / "pos.tok", PositionTokens(20000));
+  DataConfig c = TokensConfig(dir / "pos.tok", "interleaved");
+  c.chunk_tokens = 500;
+  constexpr int kShards = 3;
+  const std::set<int64_t> heldout_chunks = {5, 15, 25, 35};
+  std::vector<int64_t> training_chunks;
+  for (int64_t i = 0; i < 40; ++i)
+    if (!heldout_chunks.count(i)) training_chunks.push_back(i);
+  int64_t total = 0;
+  for (int s = 0; s < kShards; ++s) {
+    auto d = Open(c, s, kShards);
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(d->TrainTotal(), 18000);
+    EXPECT_EQ(d->TrainSize(), 6000);  // 12 chunks each
+    total += d->TrainSize();
+    std::set<int64_t> own;
+    for (size_t j = s; j < training_chunks.size(); j += kShards) own.insert(training_chunks[j]);
+    std::set<int64_t> seen;
+    for (int k = 0; k < 200; ++k) {
+      const Batch b = d->NextTrainBatch();
+      ASSERT_TRUE(b.targets.equal(b.inputs + 1)) << "a window crossed a chunk boundary";
+      for (int64_t row = 0; row < b.inputs.size(0); ++row) {
+        const int64_t first = b.inputs[row][0].item<int64_t>(), last = b.targets[row][15].item<int64_t>();
+        ASSERT_EQ(first / 500, last / 500) << "window " << first << ".." << last;
+        ASSERT_TRUE(own.count(first / 500)) << "shard " << s << " drew from chunk " << first / 500;
+        seen.insert(first / 500);
+      }
+    }
+    // The shard samples the whole file: its first and last chunks both come up.
+    EXPECT_TRUE(seen.count(*own.begin()) && seen.count(*own.rbegin())) << "shard " << s;
+  }
+  EXPECT_EQ(total, 18000);
+}
+
+TEST(WorkerDataTest, InterleavedEvalWindowsAreSpreadOverTheHeldOutChunks) {
+  ScratchDir dir;
+  WriteFile(dir / "pos.tok", PositionTokens(20000));
+  DataConfig c = TokensConfig(dir / "pos.tok", "interleaved");
+  c.chunk_tokens = 500;
+  c.eval_batches = 2;  // 8 windows of the 4 x 31 available
+  auto one = Open(c, 0, 1), other = Open(c, 2, 3, /*seed=*/9);
+  ASSERT_TRUE(one && other);
+  EXPECT_TRUE(SameBatches(one->EvalBatches(), other->EvalBatches()));
+  std::set<int64_t> chunks;
+  for (const Batch& b : one->EvalBatches()) {
+    EXPECT_TRUE(b.targets.equal(b.inputs + 1));
+    for (int64_t row = 0; row < b.inputs.size(0); ++row) {
+      const int64_t first = b.inputs[row][0].item<int64_t>();
+      EXPECT_EQ(first / 500, b.targets[row][15].item<int64_t>() / 500);
+      EXPECT_EQ((first - (first / 500) * 500) % 16, 0) << "windows at a stride of seq_len in a chunk";
+      chunks.insert(first / 500);
+    }
+  }
+  EXPECT_EQ(chunks, (std::set<int64_t>{5, 15, 25, 35}));  // every held-out chunk, none of training
+  // A small file still interleaves: chunks shrink to 1/32 of it.
+  WriteFile(dir / "small.tok", PositionTokens(3200));
+  DataConfig small = TokensConfig(dir / "small.tok", "interleaved");
+  auto d = Open(small, 1, 2);
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->TrainTotal(), 3200 - 3 * 100);  // 32 chunks of 100, 3 held out
+  EXPECT_NE(d->ShardLayout().find("chunks of 100 tokens"), std::string::npos) << d->ShardLayout();
+}
+
 TEST(WorkerDataTest, TrainingOrderIsDeterministicAndSeekable) {
   ScratchDir dir;
   WriteFile(dir / "pos.tok", PositionTokens(5000));
@@ -123,6 +191,7 @@ TEST(WorkerDataTest, TextFileIsReadAsBytes) {
   WriteFile(dir / "t.txt", text);
   DataConfig c;
   c.dataset = "text:" + (dir / "t.txt");
+  c.split = "contiguous";
   c.seq_len = 8;
   c.batch_size = 2;
   auto d = Open(c, 0, 1);
@@ -170,10 +239,17 @@ TEST(WorkerDataTest, MalformedTokenDataAndTooManyShardsAreRejected) {
   EXPECT_NE(d.status().message().find("multiple of 2"), std::string::npos) << d.status().message();
 
   WriteFile(dir / "small.tok", PositionTokens(400));
-  d = OpenDataset(TokensConfig(dir / "small.tok"), 0, 40, 0);
-  ASSERT_FALSE(d.ok());
-  EXPECT_EQ(d.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(d.status().message().find("fewer workers"), std::string::npos) << d.status().message();
+  for (const char* split : {"contiguous", "interleaved"}) {
+    d = OpenDataset(TokensConfig(dir / "small.tok", split), 39, 40, 0);
+    ASSERT_FALSE(d.ok()) << split;
+    EXPECT_EQ(d.status().code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(d.status().message().find("fewer workers"), std::string::npos) << d.status().message();
+  }
+  DataConfig bad = TokensConfig(dir / "small.tok", "by-genre");
+  EXPECT_NE(OpenDataset(bad, 0, 1, 0).status().message().find("split must be"), std::string::npos);
+  bad = TokensConfig(dir / "small.tok", "interleaved");
+  bad.chunk_tokens = 0;
+  EXPECT_EQ(OpenDataset(bad, 0, 1, 0).status().code(), StatusCode::kInvalidArgument);
 
   EXPECT_EQ(OpenDataset(TokensConfig(dir / "small.tok"), 2, 2, 0).status().code(),
             StatusCode::kInvalidArgument);
