@@ -94,7 +94,8 @@ class Exchanges {
   void Ring(const std::vector<double>& ready, double bytes) {
     double start = 0;
     for (size_t i = 0; i < groups_.size(); ++i) start = std::max({start, ready[i], groups_[i].ring_free});
-    const double end = start + RingAllReduceSeconds(c_.workers, bytes, ring_rate_, ring_latency_);
+    const double end = start + RingAllReduceSeconds(c_.workers, bytes, ring_rate_, ring_latency_) +
+                       c_.host_seconds_per_byte * RingBytes(bytes);
     for (size_t i = 0; i < groups_.size(); ++i) {
       GroupState& g = groups_[i];
       g.ring_free = end;
@@ -562,6 +563,7 @@ Status Validate(const SimConfig& c) {
   LOWBAND_RETURN_IF_ERROR(CheckSeconds(c.coordinator_seconds, "coordinator time"));
   LOWBAND_RETURN_IF_ERROR(CheckSeconds(c.encode_seconds, "encode time"));
   LOWBAND_RETURN_IF_ERROR(CheckSeconds(c.apply_seconds, "apply time"));
+  LOWBAND_RETURN_IF_ERROR(CheckSeconds(c.host_seconds_per_byte, "host time per byte"));
   if (!c.groups.empty()) {
     uint64_t total = 0;
     for (size_t i = 0; i < c.groups.size(); ++i) {

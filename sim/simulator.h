@@ -168,6 +168,11 @@ struct SimConfig {
   // gradient (at the due step) and applying the update (decode + merge).
   double encode_seconds = 0.0;
   double apply_seconds = 0.0;
+  // Ring topology (ddp): host seconds per byte a worker sends in an all-reduce, beyond the wire: the
+  // reduction, the copies and the kernel's TCP path, which hold the ring (and, in lowband's ddp, the
+  // training thread) whatever the link's rate. `lowband report --ddp-calibration` measures it from a
+  // ddp run over unshaped links (docs/bandwidth-lab.md).
+  double host_seconds_per_byte = 0.0;
 
   // --- Run.
   // Inner steps to simulate; 0: automatic: 20 * H, doubled (up to 64x) until the second half of the

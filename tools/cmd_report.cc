@@ -86,6 +86,10 @@ void RegisterReport(CLI::App& app) {
   cmd->add_flag("--simulate", args->options.simulate,
                 "Run the simulator for every run over a shaped link with its measured step time and payload "
                 "sizes: a measured-vs-simulated table and simulated curves in the utilization plot");
+  cmd->add_option("--ddp-calibration", args->options.ddp_calibration,
+                  "With --simulate: a ddp run over unshaped links (deploy/netns-lab.sh --rate none); the "
+                  "all-reduce host time per byte that reproduces its utilization is used for every ddp run")
+      ->needs("--simulate");
   cmd->add_option(
          "--smooth", args->options.smooth,
          "Training-loss moving-average window in logged steps (0: about 1/20 of the points; 1: none)")

@@ -83,6 +83,7 @@ struct SimulateArgs {
   std::string coordinator_time = "0s";
   std::string encode_time = "0s";
   std::string apply_time = "0s";
+  std::string host_time_per_mb = "0s";
   std::string fragment_params;
   std::string payload_bytes;
   std::string download_bytes;
@@ -213,6 +214,7 @@ sim::SimConfig BuildConfig(const SimulateArgs& a) {
   c.coordinator_seconds = Flag(sim::ParseSeconds(a.coordinator_time), "--coordinator-time");
   c.encode_seconds = Flag(sim::ParseSeconds(a.encode_time), "--encode-time");
   c.apply_seconds = Flag(sim::ParseSeconds(a.apply_time), "--apply-time");
+  c.host_seconds_per_byte = Flag(sim::ParseSeconds(a.host_time_per_mb), "--host-time-per-mb") / 1e6;
   if (!a.fragment_params.empty())
     c.fragment_params = Flag(sim::ParseCountList(a.fragment_params), "--fragment-params");
   if (!a.payload_bytes.empty())
@@ -320,6 +322,10 @@ void RegisterSimulate(CLI::App& app) {
                   "Worker time to encode a fragment (on the training thread)")
       ->capture_default_str();
   cmd->add_option("--apply-time", a->apply_time, "Worker time to apply an update (on the training thread)")
+      ->capture_default_str();
+  cmd->add_option("--host-time-per-mb", a->host_time_per_mb,
+                  "ddp (ring): host time per MB a worker sends in an all-reduce, beyond the wire (reduction, "
+                  "copies, TCP stack); `lowband report --ddp-calibration` measures it")
       ->capture_default_str();
   cmd->add_option("--fragment-params", a->fragment_params,
                   "Parameters per fragment, P values (a real layout)");

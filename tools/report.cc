@@ -1354,6 +1354,15 @@ std::string Markdown(const std::string& title, const std::vector<RunData>& runs,
         "sharing cores run at different speeds and every round waits for the slowest) and fragment sizes, "
         "over the run's link: its rate (for tc tbf links the payload share 1448/1514 of it) and latency. "
         "Relative = simulated / measured - 1.\n\n";
+    for (const RunData& r : runs) {
+      if (r.host_cost_from.empty()) continue;
+      md += fmt::format(
+          "ddp runs are simulated with an all-reduce host time of {:.2f} ms per MB a worker sends (the "
+          "reduction, copies and TCP path beside the wire time), calibrated on the unshaped ddp run `{}` "
+          "(`--ddp-calibration`: the value with which the simulator reproduces its utilization).\n\n",
+          r.host_seconds_per_byte * 1e6 * 1e3, Md(r.host_cost_from));
+      break;
+    }
   }
 
   const bool any_accuracy = std::any_of(runs.begin(), runs.end(),
@@ -1561,6 +1570,17 @@ StatusOr<ReportResult> WriteReport(const ReportOptions& options) {
   }
 
   const Gnuplot gnuplot = ProbeGnuplot(options.gnuplot, plots_dir, options.gnuplot_timeout_seconds);
+  if (options.simulate && !options.ddp_calibration.empty()) {
+    LOWBAND_ASSIGN_OR_RETURN(const RunData calibration, LoadRun(options.ddp_calibration));
+    LOWBAND_ASSIGN_OR_RETURN(const double host, CalibrateHostCost(calibration));
+    spdlog::info("report: ddp all-reduce host time {:.2f} ms per MB sent, from {}", host * 1e9 / 1e3,
+                 calibration.name);
+    for (RunData& run : runs) {
+      if (run.algo != "ddp") continue;
+      run.host_seconds_per_byte = host;
+      run.host_cost_from = calibration.name;
+    }
+  }
   if (options.simulate) {
     for (RunData& run : runs) {
       if (!run.link) continue;

@@ -98,6 +98,8 @@ struct RunData {
   std::optional<int64_t> parameters, codec_block;
   std::vector<uint64_t> fragment_elements;  // elements per fragment (coordinator's layout)
   std::optional<SimulatedRun> simulated;    // filled by WriteReport with ReportOptions::simulate
+  double host_seconds_per_byte = 0;         // ddp: the calibrated host cost SimulateRun uses
+  std::string host_cost_from;               // ... and the run it was calibrated on
 
   // From metrics/.
   std::vector<TrainPoint> train_loss;  // sorted by step
@@ -134,6 +136,10 @@ struct ReportOptions {
   // Run the simulator (sim/) for every run over a shaped link, with the run's measured step time and
   // payload sizes: a measured-vs-simulated table, and simulated curves in the utilization plot.
   bool simulate = false;
+  // With simulate: a ddp run over unshaped links (deploy/netns-lab.sh --rate none) from which the
+  // host time per byte of an all-reduce is measured (the value that makes the simulator reproduce its
+  // utilization); every ddp run is then simulated with it. Empty: 0 (wire time only).
+  std::filesystem::path ddp_calibration;
 };
 
 struct ReportResult {
@@ -166,6 +172,10 @@ nlohmann::json ComparisonTable(const std::vector<RunData>& runs);
 // counts each full 1514-byte Ethernet frame carrying 1448 payload bytes). FailedPrecondition when the
 // run lacks what the simulator needs (a link rate, step_seconds, parameters).
 StatusOr<SimulatedRun> SimulateRun(const RunData& run, std::optional<double> rate_mbit = std::nullopt);
+// The host seconds per byte of a ddp all-reduce (sim::SimConfig::host_seconds_per_byte) that makes
+// the simulator, with unlimited links, reproduce the measured utilization of `run`: a ddp run over
+// unshaped links. 0 when the simulator is already at or below the measurement.
+StatusOr<double> CalibrateHostCost(const RunData& run);
 
 // "0 B", "512 B", "1.5 KiB", "12.3 MiB", "4.00 GiB".
 std::string HumanBytes(double bytes);

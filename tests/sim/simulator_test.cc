@@ -91,6 +91,25 @@ TEST(SimulatorTest, DdpWithoutOverlapAddsTheRingAllReduceToEveryStep) {
   EXPECT_EQ(r.syncs, 10u);
 }
 
+TEST(SimulatorTest, DdpHostCostAddsPerByteSentToEveryAllReduce) {
+  SimConfig c = Small(Algo::kDdp);
+  c.step_seconds = 0.5;
+  c.bandwidth_bps = 100e6;
+  c.latency_seconds = 0.005;
+  c.steps = 10;
+  c.host_seconds_per_byte = 20e-9;  // 20 ms per MB sent
+  const SimResult r = SimulateOk(c);
+  // The wire's 0.51 s (above) plus 1.5 * 4e6 bytes sent * 20 ns = 0.12 s per all-reduce.
+  EXPECT_NEAR(r.stall_seconds, 10 * (0.51 + 0.12), 1e-9);
+  EXPECT_NEAR(r.compute_utilization, 0.5 / (0.5 + 0.63), 1e-12);
+  // The cost is the host's: an unlimited link without latency still pays it.
+  c.bandwidth_bps = kInf;
+  c.latency_seconds = 0;
+  EXPECT_NEAR(SimulateOk(c).stall_seconds, 10 * 0.12, 1e-9);
+  c.host_seconds_per_byte = -1e-9;
+  EXPECT_FALSE(Simulate(c).ok());
+}
+
 TEST(SimulatorTest, DdpBackwardOverlapHidesAllButTheLastBucketOnAFastLink) {
   SimConfig c = Small(Algo::kDdp);
   c.ddp_overlap = DdpOverlap::kBackward;

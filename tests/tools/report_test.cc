@@ -272,6 +272,47 @@ TEST_F(ReportTest, SimulateSetsMeasuredBesideSimulatedUtilization) {
             result->runs[1].simulated->utilization);
 }
 
+// --ddp-calibration: the host time per byte that reproduces an unshaped ddp run's utilization is
+// found (here 20 ns per byte sent: 0.12 s per all-reduce of 1.5 x 4 MB after a 0.5 s step) and
+// every ddp run is simulated with it; a shaped run is refused as a calibration.
+TEST_F(ReportTest, DdpCalibrationMeasuresTheHostCostAndSimulatesDdpWithIt) {
+  auto ddp = [&](const std::string& name, json link, double utilization) {
+    json s = Summary("ddp", name, {1, 1, 1, 1}, std::move(link));
+    s["steps"] = 10;
+    s["step_seconds"] = 0.5;
+    s["parameters"] = 1000000;
+    s["compute_utilization"] = utilization;
+    return MakeRun(name, s, 4);
+  };
+  const fs::path calibration = ddp("unshaped", kNoLink, 0.5 / 0.62);
+  const fs::path shaped =
+      ddp("ddp-100mbit", {{"rate_mbit", 100}, {"latency_ms", 5}, {"kind", "shaper"}}, 0.5 / 1.13);
+  auto calibration_run = LoadRun(calibration);
+  ASSERT_TRUE(calibration_run.ok()) << calibration_run.status().message();
+  auto host = CalibrateHostCost(*calibration_run);
+  ASSERT_TRUE(host.ok()) << host.status().message();
+  EXPECT_NEAR(*host, 20e-9, 1e-12);
+
+  ReportOptions options;
+  options.runs = {shaped};
+  options.out = root_ / "calibrated";
+  options.gnuplot = "";
+  options.simulate = true;
+  options.ddp_calibration = calibration;
+  auto result = WriteReport(options);
+  ASSERT_TRUE(result.ok()) << result.status().message();
+  ASSERT_TRUE(result->runs[0].simulated.has_value());
+  // Wire 0.51 s (6 x 5 ms + 1.5 x 32 Mbit / 100 Mbit/s) + host 0.12 s after each 0.5 s step.
+  EXPECT_NEAR(result->runs[0].simulated->utilization, 0.5 / 1.13, 1e-6);
+  EXPECT_THAT(ReadFile(options.out / "report.md"), HasSubstr("20.00 ms per MB"));
+
+  auto shaped_run = LoadRun(shaped);
+  ASSERT_TRUE(shaped_run.ok());
+  const auto refused = CalibrateHostCost(*shaped_run);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("unshaped"));
+}
+
 TEST_F(ReportTest, OneRunWritesIntoTheRunDirectory) {
   json summary = Summary("streaming", "", {5000}, kNoLink);
   summary.erase("name");
