@@ -1573,7 +1573,7 @@ StatusOr<ReportResult> WriteReport(const ReportOptions& options) {
   if (options.simulate && !options.ddp_calibration.empty()) {
     LOWBAND_ASSIGN_OR_RETURN(const RunData calibration, LoadRun(options.ddp_calibration));
     LOWBAND_ASSIGN_OR_RETURN(const double host, CalibrateHostCost(calibration));
-    spdlog::info("report: ddp all-reduce host time {:.2f} ms per MB sent, from {}", host * 1e9 / 1e3,
+    spdlog::info("report: ddp all-reduce host time {:.2f} ms per MB sent, from {}", host * 1e6 * 1e3,
                  calibration.name);
     for (RunData& run : runs) {
       if (run.algo != "ddp") continue;

@@ -152,29 +152,38 @@ TokenSplit SplitTokens(const DataConfig& c, int64_t n, int shard, int num_shards
   return out;
 }
 
+// The training windows of a shard whose segments lie one after another in one vector: per segment
+// with at least one window, where it starts and the windows before it. A window (seq_len + 1 tokens)
+// never crosses from one segment into the next, which is not the text that follows it.
+struct WindowIndex {
+  std::vector<int64_t> first_start, windows_before;
+  int64_t total = 0;
+
+  static WindowIndex Of(const std::vector<int64_t>& segment_starts, int64_t size, int64_t seq_len) {
+    WindowIndex index;
+    for (size_t s = 0; s < segment_starts.size(); ++s) {
+      const int64_t end = s + 1 < segment_starts.size() ? segment_starts[s + 1] : size;
+      const int64_t windows = end - segment_starts[s] - seq_len;
+      if (windows <= 0) continue;
+      index.first_start.push_back(segment_starts[s]);
+      index.windows_before.push_back(index.total);
+      index.total += windows;
+    }
+    return index;
+  }
+};
+
 class TokenDataset final : public Dataset {
  public:
   // Everything is prepared by Open; the constructor only takes ownership.
-  TokenDataset(const DataConfig& c, std::vector<int64_t> train, std::vector<int64_t> segment_starts,
-               std::vector<Batch> eval, int64_t shard_begin, int64_t train_total, int64_t vocab, uint64_t key,
-               std::string layout)
+  TokenDataset(const DataConfig& c, std::vector<int64_t> train, WindowIndex windows, std::vector<Batch> eval,
+               int64_t shard_begin, int64_t train_total, int64_t vocab, uint64_t key, std::string layout)
       : Dataset(TaskKind::kLanguageModel, vocab, std::move(eval), shard_begin, train_total),
         config_(c),
         train_(std::move(train)),
+        windows_(std::move(windows)),
         key_(key),
-        layout_(std::move(layout)) {
-    // Window starts of segment s: segment_starts[s] .. segment_end - seq_len - 1 (a window never
-    // crosses from one segment into the next, which is not the text that follows it).
-    segment_starts.push_back(static_cast<int64_t>(train_.size()));
-    const int64_t T = c.seq_len;
-    for (size_t s = 0; s + 1 < segment_starts.size(); ++s) {
-      const int64_t windows = segment_starts[s + 1] - segment_starts[s] - T;
-      if (windows <= 0) continue;
-      first_start_.push_back(segment_starts[s]);
-      windows_before_.push_back(total_windows_);
-      total_windows_ += windows;
-    }
-  }
+        layout_(std::move(layout)) {}
 
   static StatusOr<std::unique_ptr<Dataset>> Open(const DataConfig& c, const std::string& path,
                                                  int token_bytes, const std::string& hint, int shard,
@@ -196,12 +205,8 @@ class TokenDataset final : public Dataset {
       starts.push_back(static_cast<int64_t>(train.size()));
       LOWBAND_RETURN_IF_ERROR(ReadTokens(in, path, token_bytes, begin, end - begin, &train));
     }
-    int64_t windows = 0;
-    for (size_t s = 0; s < starts.size(); ++s) {
-      const int64_t end = s + 1 < starts.size() ? starts[s + 1] : static_cast<int64_t>(train.size());
-      windows += std::max<int64_t>(0, end - starts[s] - T);
-    }
-    if (windows == 0) {
+    WindowIndex windows = WindowIndex::Of(starts, static_cast<int64_t>(train.size()), T);
+    if (windows.total == 0) {
       return FailedPrecondition(Quoted(path) + ": training shard " + std::to_string(shard) + " of " +
                                 std::to_string(num_shards) + " has " + std::to_string(train.size()) +
                                 " tokens and no window of seq_len+1 = " + std::to_string(T + 1) +
@@ -245,17 +250,17 @@ class TokenDataset final : public Dataset {
       LOWBAND_ASSIGN_OR_RETURN(vocab, MaxToken(path, n));
       vocab += 1;
     }
+    // Contiguous: the base class's [begin, end); interleaved: the chunks it was dealt.
     const std::string layout =
         split.chunk == 0
-            ? fmt::format("[{}, {}) of the training part (contiguous)", split.shard[0].first,
-                          split.shard[0].second)
+            ? std::string()
             : fmt::format(
                   "{} chunks of {} tokens, every {}th training chunk from number {} (interleaved; "
                   "{} held-out chunks spread over the file)",
                   split.shard.size(), split.chunk, num_shards, shard, split.heldout.size());
     const int64_t shard_begin = split.chunk == 0 ? split.shard[0].first : 0;
     return std::unique_ptr<Dataset>(
-        new TokenDataset(c, std::move(train), std::move(starts), std::move(eval), shard_begin,
+        new TokenDataset(c, std::move(train), std::move(windows), std::move(eval), shard_begin,
                          split.train_total, vocab, StreamKey(seed, static_cast<uint64_t>(shard), 0), layout));
   }
 
@@ -265,19 +270,18 @@ class TokenDataset final : public Dataset {
     for (int64_t i = 0; i < train_batch_size_; ++i) {
       const uint64_t k =
           static_cast<uint64_t>(drawn_) * static_cast<uint64_t>(train_batch_size_) + static_cast<uint64_t>(i);
-      const auto u = static_cast<int64_t>(Draw(key_, k) % static_cast<uint64_t>(total_windows_));
-      const size_t s =
-          static_cast<size_t>(std::upper_bound(windows_before_.begin(), windows_before_.end(), u) -
-                              windows_before_.begin()) -
-          1;
-      starts[static_cast<size_t>(i)] = first_start_[s] + (u - windows_before_[s]);
+      const auto u = static_cast<int64_t>(Draw(key_, k) % static_cast<uint64_t>(windows_.total));
+      const auto& before = windows_.windows_before;
+      const auto s =
+          static_cast<size_t>(std::upper_bound(before.begin(), before.end(), u) - before.begin()) - 1;
+      starts[static_cast<size_t>(i)] = windows_.first_start[s] + (u - before[s]);
     }
     ++drawn_;
     return MakeWindows(train_, starts, T);
   }
 
   int64_t TrainSize() const override { return static_cast<int64_t>(train_.size()); }
-  std::string ShardLayout() const override { return layout_; }
+  std::string ShardLayout() const override { return layout_.empty() ? Dataset::ShardLayout() : layout_; }
 
  private:
   static Batch MakeWindows(const std::vector<int64_t>& tokens, const std::vector<int64_t>& starts,
@@ -336,11 +340,9 @@ class TokenDataset final : public Dataset {
 
   DataConfig config_;
   std::vector<int64_t> train_;  // this shard's tokens, its segments one after another
+  WindowIndex windows_;         // the training windows in train_
   uint64_t key_;
-  std::string layout_;
-  // Per segment with at least one window: where it starts in train_, and the windows before it.
-  std::vector<int64_t> first_start_, windows_before_;
-  int64_t total_windows_ = 0;
+  std::string layout_;  // interleaved: which chunks; empty for contiguous
 };
 
 // ---------------------------------------------------------------------------------------------------

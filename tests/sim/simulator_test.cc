@@ -72,12 +72,18 @@ TEST(SimulatorTest, InfiniteBandwidthAndNoLatencyGiveFullUtilization) {
   }
 }
 
-TEST(SimulatorTest, DdpWithoutOverlapAddsTheRingAllReduceToEveryStep) {
+// ddp, 10 steps of 0.5 s over 100 Mbit/s links with 5 ms latency: each all-reduce takes 0.51 s.
+SimConfig SmallDdpOverSlowLinks() {
   SimConfig c = Small(Algo::kDdp);
   c.step_seconds = 0.5;
   c.bandwidth_bps = 100e6;
   c.latency_seconds = 0.005;
   c.steps = 10;
+  return c;
+}
+
+TEST(SimulatorTest, DdpWithoutOverlapAddsTheRingAllReduceToEveryStep) {
+  const SimConfig c = SmallDdpOverSlowLinks();
   const SimResult r = SimulateOk(c);
   // 2(M-1) latency + 2(M-1)/M * 4N bytes * 8 / rate = 6 * 0.005 + 1.5 * 32e6 / 1e8 = 0.03 + 0.48.
   const double per_step = 0.5 + 0.51;
@@ -92,11 +98,7 @@ TEST(SimulatorTest, DdpWithoutOverlapAddsTheRingAllReduceToEveryStep) {
 }
 
 TEST(SimulatorTest, DdpHostCostAddsPerByteSentToEveryAllReduce) {
-  SimConfig c = Small(Algo::kDdp);
-  c.step_seconds = 0.5;
-  c.bandwidth_bps = 100e6;
-  c.latency_seconds = 0.005;
-  c.steps = 10;
+  SimConfig c = SmallDdpOverSlowLinks();
   c.host_seconds_per_byte = 20e-9;  // 20 ms per MB sent
   const SimResult r = SimulateOk(c);
   // The wire's 0.51 s (above) plus 1.5 * 4e6 bytes sent * 20 ns = 0.12 s per all-reduce.
