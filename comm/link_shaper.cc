@@ -634,12 +634,6 @@ size_t AutoBurst(const LinkDirection& d) {
   return std::max<size_t>(2 * kMinSegment, static_cast<size_t>(d.rate_bits_per_second / 8.0 * 1e-3));
 }
 
-size_t AutoBuffer(const LinkDirection& d) {
-  const double in_flight =
-      d.rate_bits_per_second / 8.0 * (d.latency_seconds + d.jitter_seconds + kBufferExtraSeconds);
-  return std::max(kMinBuffer, static_cast<size_t>(in_flight) + kBufferSlack);
-}
-
 // "10 Mbit/s, 20 ms +- 2 ms" for logs.
 std::string Describe(const LinkDirection& d) {
   std::string out = d.rate_bits_per_second > 0 ? fmt::format("{:g} Mbit/s", d.rate_bits_per_second / 1e6)
@@ -667,6 +661,12 @@ StatusOr<tcp::endpoint> ResolveListen(asio::io_context& io, const std::string& t
 }
 
 }  // namespace
+
+size_t AutoBufferBytes(const LinkDirection& d) {
+  const double in_flight =
+      d.rate_bits_per_second / 8.0 * (d.latency_seconds + d.jitter_seconds + kBufferExtraSeconds);
+  return std::max(kMinBuffer, static_cast<size_t>(in_flight) + kBufferSlack);
+}
 
 class LinkShaper::Impl {
  public:
@@ -697,8 +697,8 @@ StatusOr<std::unique_ptr<LinkShaper>> LinkShaper::Start(const LinkShaperOptions&
   }
   const size_t burst_up = options.burst_bytes > 0 ? options.burst_bytes : AutoBurst(options.up);
   const size_t burst_down = options.burst_bytes > 0 ? options.burst_bytes : AutoBurst(options.down);
-  const size_t buffer_up = options.buffer_bytes > 0 ? options.buffer_bytes : AutoBuffer(options.up);
-  const size_t buffer_down = options.buffer_bytes > 0 ? options.buffer_bytes : AutoBuffer(options.down);
+  const size_t buffer_up = options.buffer_bytes > 0 ? options.buffer_bytes : AutoBufferBytes(options.up);
+  const size_t buffer_down = options.buffer_bytes > 0 ? options.buffer_bytes : AutoBufferBytes(options.down);
 
   auto impl = std::make_unique<Impl>(options, burst_up, burst_down, buffer_up, buffer_down);
   ShaperCore& core = impl->core;

@@ -60,6 +60,11 @@ struct LinkDirection {
   double jitter_seconds = 0;
 };
 
+// The automatic buffer_bytes for a direction: max(64 KiB, rate x (latency + jitter + 50 ms) +
+// 256 KiB). The in-flight part is the bandwidth-delay product: a smaller buffer caps a connection at
+// buffer / latency whatever the rate (256 KiB over 20 ms is 105 Mbit/s).
+size_t AutoBufferBytes(const LinkDirection& d);
+
 struct LinkShaperOptions {
   // Address to listen on, "HOST:PORT" ("[v6]:PORT" for IPv6 literals); port 0 picks a free port
   // (read it with port()).

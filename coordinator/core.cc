@@ -83,6 +83,7 @@ struct CoordinatorCore::ClosedRound {
   Status failure;         // non-OK when the round's update could not be computed
   UpdatePayload update;
   std::vector<uint64_t> contributors;
+  SteadyTime closing_started{};  // when the close began (for RoundTiming)
 };
 
 struct CoordinatorCore::FragmentState {
@@ -764,6 +765,7 @@ void CoordinatorCore::MaybeCloseRoundLocked(uint32_t fragment, SteadyTime now, N
 }
 
 void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Notifications& notes) {
+  const SteadyTime closing_started = Now();
   FragmentState& fs = *fragments_[fragment];
   const uint64_t round = fs.open_round;
   const auto n = static_cast<uint32_t>(fs.contributors.size());
@@ -777,6 +779,7 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
   optimizer_.Step(fs.accumulator, fs.momentum, fs.scratch, fs.accumulator);
 
   ClosedRound closed;
+  closed.closing_started = closing_started;
   closed.round = round;
   closed.contributors = std::move(fs.contributors);
   if (const size_t bad = quant::FirstNonFinite(fs.accumulator); bad != fs.accumulator.size()) {
@@ -849,6 +852,10 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
       notes.Add([this, sequence] { MarkDurable(sequence); });
     }
   }
+  if (!DurableUpdates()) {
+    timing_.rounds += 1;
+    timing_.seconds += std::chrono::duration<double>(Now() - closing_started).count();
+  }
   if (options_.on_round_closed) {
     RoundRecord record{fragment,
                        round,
@@ -890,6 +897,15 @@ void CoordinatorCore::MarkDurable(uint64_t sequence) {
   std::lock_guard<std::mutex> lock(mu_);
   if (sequence <= durable_sequence_) {
     return;
+  }
+  const SteadyTime now = Now();
+  for (const auto& fs : fragments_) {
+    for (const ClosedRound& c : fs->closed) {
+      if (c.sequence > durable_sequence_ && c.sequence <= sequence) {
+        timing_.rounds += 1;
+        timing_.seconds += std::chrono::duration<double>(now - c.closing_started).count();
+      }
+    }
   }
   durable_sequence_ = sequence;
   for (uint32_t p = 0; p < fragments_.size(); ++p) {
@@ -1035,6 +1051,11 @@ void CoordinatorCore::RequestShutdown(std::string reason) {
 CoordinatorCounters CoordinatorCore::counters() const {
   std::lock_guard<std::mutex> lock(mu_);
   return counters_;
+}
+
+RoundTiming CoordinatorCore::round_timing() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return timing_;
 }
 
 std::vector<WorkerStats> CoordinatorCore::workers() const {

@@ -238,6 +238,15 @@ struct CoordinatorCounters {
   uint64_t bootstrap_bytes_out = 0;  // bootstrap bytes handed out
 };
 
+// Seconds from the start of a round's close (the last expected contribution is in) to its update
+// being available to GetUpdate: the mean, the outer step, encoding, applying and, with
+// checkpoint_every = 1, the durable checkpoint the update waits for. Not checkpointed.
+struct RoundTiming {
+  uint64_t rounds = 0;
+  double seconds = 0;  // total
+  double mean() const { return rounds > 0 ? seconds / static_cast<double>(rounds) : 0.0; }
+};
+
 struct WorkerStats {
   uint64_t worker_id = 0;
   std::string name;
@@ -380,6 +389,7 @@ class CoordinatorCore {
 
   // --- Observability ---------------------------------------------------------------------------
   CoordinatorCounters counters() const;
+  RoundTiming round_timing() const;
   std::vector<WorkerStats> workers() const;
   // NOT_FOUND / FAILED_PRECONDITION before the signature is known.
   StatusOr<RoundStatus> round_status(uint32_t fragment) const;
@@ -448,6 +458,7 @@ class CoordinatorCore {
   std::vector<std::unique_ptr<FragmentState>> fragments_;
   std::map<WaitId, std::unique_ptr<Waiter>> waiters_;
   CoordinatorCounters counters_;
+  RoundTiming timing_;
   bool seeded_ = false;
   uint32_t seed_crc_ = 0;
   uint64_t seeder_ = 0;  // worker told must_seed while unseeded (0: none)

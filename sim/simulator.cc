@@ -45,6 +45,16 @@ struct GroupState {
   double up_ready = 0;
   double fetch_ready = 0;
   double down_free = 0;
+  // kEngine: the latest fetch, kept until the next push is known: a fetch request issued while a
+  // push is on the uplink waits behind it (one FIFO link; see Exchanges::QueueBehindPush).
+  struct Fetch {
+    bool open = false;
+    double issue = 0;   // when the worker sends the request
+    double close = 0;   // when the round's update is ready at the coordinator
+    double egress = 0;  // when the coordinator's egress has sent it (-inf: unlimited)
+    double wire = 0;    // the update's wire time on the downlink
+  };
+  Fetch fetch;
   // Ring all-reduces: when this worker's ring is free.
   double ring_free = 0;
   double compute = 0, stall = 0, other = 0, sent = 0, received = 0;
@@ -72,10 +82,14 @@ class Exchanges {
     }
     arrivals_.resize(groups_.size());
     replies_.resize(groups_.size());
+    revised_.resize(groups_.size());
   }
 
-  // Group i's contribution is ready at ready[i]; returns when each group has the result.
+  // Group i's contribution is ready at ready[i]; returns when each group has the result. With
+  // kEngine, revised() then holds, per group, the new arrival of the previous exchange's result
+  // (NaN: unchanged) when its fetch request had to queue behind this push.
   const std::vector<double>& Run(const std::vector<double>& ready, double up_bytes, double down_bytes) {
+    std::fill(revised_.begin(), revised_.end(), std::numeric_limits<double>::quiet_NaN());
     if (c_.topology == Topology::kRing) {
       Ring(ready, up_bytes);
     } else {
@@ -83,6 +97,8 @@ class Exchanges {
     }
     return arrivals_;
   }
+
+  const std::vector<double>& revised() const { return revised_; }
 
   // Bytes one worker sends (and receives) in a ring all-reduce of `bytes`.
   double RingBytes(double bytes) const {
@@ -115,6 +131,7 @@ class Exchanges {
       const double lat = g.group.latency_seconds;
       const double start = std::max(ready[i], g.up_ready);
       const double wire = WireSeconds(up_bytes, g.group.up_bps);
+      if (engine) QueueBehindPush(i, start, wire);
       const double arrived = start + lat + wire;
       replies_[i] = arrived + lat;
       g.up_ready = engine ? replies_[i] : start + wire;
@@ -142,9 +159,8 @@ class Exchanges {
       if (engine) {
         // The fetch request leaves once the push's reply is back and the previous fetch returned;
         // the coordinator answers it when the round has closed.
-        const double request_at_coordinator = std::max(replies_[i], g.fetch_ready) + lat;
-        arrival = std::max(request_at_coordinator, close) + lat + wire;
-        arrival = std::max(arrival, egress_done + lat);
+        g.fetch = {true, std::max(replies_[i], g.fetch_ready), close, egress_done, wire};
+        arrival = FetchArrival(g);
         g.fetch_ready = arrival;
       } else {
         const double start = std::max(close, g.down_free);
@@ -156,6 +172,29 @@ class Exchanges {
     }
   }
 
+  // When group g's open fetch returns: the request reaches the coordinator one latency after it
+  // is sent, is answered once the round's update is ready, and the update crosses the downlink.
+  static double FetchArrival(const GroupState& g) {
+    const double lat = g.group.latency_seconds;
+    const double answered = std::max(g.fetch.issue + lat, g.fetch.close);
+    return std::max(answered + lat + g.fetch.wire, g.fetch.egress + lat);
+  }
+
+  // The engine's fetcher sends a round's request (GetUpdate) when that round's push is answered,
+  // and the pusher starts the next push at the same moment if one is waiting. Both go over the
+  // worker's one connection and uplink, first in first out: a request sent no earlier than the
+  // next push started leaves after that push's last byte. At 1 Mbit/s a 53 kB push holds the
+  // request back 0.44 s (the bandwidth lab's streaming run with late=defer measured it).
+  void QueueBehindPush(size_t i, double push_start, double push_wire) {
+    GroupState& g = groups_[i];
+    if (!g.fetch.open) return;
+    g.fetch.open = false;  // later pushes start after this one's reply, when the request is out
+    if (push_start > g.fetch.issue) return;
+    g.fetch.issue = std::max(g.fetch.issue, push_start + push_wire);
+    g.fetch_ready = FetchArrival(g);
+    revised_[i] = g.fetch_ready;
+  }
+
   const SimConfig& c_;
   std::vector<GroupState>& groups_;
   double ring_rate_ = kInf;
@@ -164,6 +203,7 @@ class Exchanges {
   double egress_free_ = 0;
   std::vector<double> arrivals_;
   std::vector<double> replies_;
+  std::vector<double> revised_;
 };
 
 // Layer sizes: N spread evenly over L layers, the first N mod L layers one larger.
@@ -301,6 +341,7 @@ uint64_t RunDiloco(const SimConfig& c, const std::vector<uint64_t>& up, const st
   Exchanges exchanges(c, groups);
   std::vector<double> ready(groups->size());
   uint64_t syncs = 0;
+  int64_t last = -1;  // the fragment of the previous exchange
   const bool wait = c.late == LatePolicy::kWait;
   for (GroupState& g : *groups) g.pending.assign(P, {});
   marks->AtEndOfStep(0, 0, groups);
@@ -326,8 +367,16 @@ uint64_t RunDiloco(const SimConfig& c, const std::vector<uint64_t>& up, const st
       const std::vector<double>& arrivals =
           exchanges.Run(ready, static_cast<double>(up[fp]), static_cast<double>(down[fp]));
       for (size_t i = 0; i < groups->size(); ++i) {
-        (*groups)[i].pending[fp] = {true, arrivals[i], t + c.overlap};
+        GroupState& g = (*groups)[i];
+        // The previous round's result, if its request queued behind this push. It cannot have been
+        // applied yet: it would have been back before this push started, and then not queued.
+        if (const double r = exchanges.revised()[i];
+            !std::isnan(r) && last >= 0 && g.pending[static_cast<uint32_t>(last)].active) {
+          g.pending[static_cast<uint32_t>(last)].arrival = r;
+        }
+        g.pending[fp] = {true, arrivals[i], t + c.overlap};
       }
+      last = p;
       ++syncs;
       if (c.overlap == 0) {
         for (GroupState& g : *groups) Collect(c, &g, fp, wait);

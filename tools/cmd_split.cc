@@ -92,17 +92,6 @@ void RunServer(const RunConfig& c, const ServerFlags& f) {
   (*server)->Shutdown();
 }
 
-// Mean of a running sum.
-struct Mean {
-  double sum = 0;
-  int64_t n = 0;
-  void Add(double v) {
-    sum += v;
-    ++n;
-  }
-  double Get() const { return n ? sum / static_cast<double>(n) : 0.0; }
-};
-
 nlohmann::json EvalJson(int64_t step, const split::EvalReport& e, const std::string& task) {
   nlohmann::json j = {{"event", "eval"}, {"step", step}, {"loss", e.loss}, {"examples", e.examples}};
   if (e.accuracy) j["accuracy"] = *e.accuracy;
@@ -145,7 +134,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   Ok(log.status());
   comm::RunClock clock;
   int64_t bytes_up = 0, bytes_down = 0, bitmap_up = 0, bitmap_down = 0, examples = 0, values = 0;
-  Mean bits_up, bits_down, loss_window, acc_window;
+  comm::RunningMean bits_up, bits_down, loss_window, acc_window;
   nlohmann::json eval_curve = nlohmann::json::array(), bits_curve = nlohmann::json::array();
   const auto& eval_batches = (*data)->EvalBatches();
   const auto evaluate = [&](int64_t step) {

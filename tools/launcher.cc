@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "comm/link_shaper.h"
 #include "comm/metrics.h"
 #include "comm/ports.h"
 #include "sim/units.h"
@@ -103,7 +104,7 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
   s["ranks_per_worker"] = config.site.ranks;
   s["link"] = nullptr;
   uint64_t tokens = 0, up = 0, down = 0, boot = 0;
-  double compute = 0, stall = 0, util = 0;
+  double compute = 0, stall = 0, util = 0, encode = 0, apply = 0;
   nlohmann::json per_worker = nlohmann::json::array(), crcs = nlohmann::json::array();
   nlohmann::json worker_steps = nlohmann::json::array();
   bool site_identical = true;
@@ -122,6 +123,8 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
     const double worker_steps_done = r.value("steps", 0.0);
     worker_steps.push_back(worker_steps_done > 0 ? r.value("compute_seconds", 0.0) / worker_steps_done : 0.0);
     util += r.value("compute_utilization", 0.0);
+    encode += r.value("encode_seconds", 0.0);
+    apply += r.value("apply_seconds", 0.0);
     if (r.contains("global_crc")) crcs.push_back(r["global_crc"]);
     // A site's other ranks: the same parameters and global copy as its leader, and their traffic.
     for (int rank = 1; rank < config.site.ranks; ++rank) {
@@ -167,6 +170,12 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
   // Per worker: workers sharing a machine's cores run at different speeds, and a round waits for
   // the slowest (the simulator takes these as step-time factors).
   s["worker_step_seconds"] = worker_steps;
+  if (config.algo != "ddp") {
+    // Per sync, on the training thread (mean over workers): encoding an outer gradient, and
+    // decoding and merging an update (the simulator's encode_seconds and apply_seconds).
+    s["encode_seconds"] = encode / workers;
+    s["apply_seconds"] = apply / workers;
+  }
   if (config.algo != "ddp") {
     auto coord = ReadJson(run_dir + "/metrics/coordinator-result.json");
     if (coord.ok()) {
@@ -439,6 +448,13 @@ StatusOr<nlohmann::json> Launch(const RunConfig& config, const LaunchOptions& o)
       add("--jitter", o.link_jitter);
       add("--up-rate", o.link_up_rate);
       add("--down-rate", o.link_down_rate);
+      if (link.netns_bps && !link.rate_bps && !link.up_bps && !link.down_bps) {
+        // The lab's tc tbf sets the rate and this shaper only the latency: size its buffer for the
+        // tbf rate's bandwidth-delay product, or the 256 KiB default would cap the path at 256 KiB
+        // per latency (105 Mbit/s at 20 ms) below a faster tbf rate.
+        comm::LinkDirection d{*link.netns_bps, link.latency_seconds, link.jitter_seconds.value_or(0.0)};
+        add("--buffer", std::to_string(comm::AutoBufferBytes(d)));
+      }
       auto sc = SpawnTool(fmt::format("link shaper {}", i), o.self, la, shaper_log(i), coord_ns);
       if (!sc.ok()) return fail(sc.status());
       shaper_children.push_back(children.size());

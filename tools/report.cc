@@ -669,6 +669,7 @@ Status ParseSummary(const fs::path& file, const json& s, RunData* run) {
     if (const auto rounds = NumberOf(*coordinator, "rounds_closed")) {
       CoordinatorStats stats;
       stats.rounds = static_cast<int64_t>(*rounds);
+      run->coordinator_round_seconds = NumberOf(*coordinator, "round_seconds");
       stats.contributions = NumberOf(*coordinator, "contributions");
       stats.late_pushes = NumberOf(*coordinator, "late_pushes");
       stats.bytes_in = NumberOf(*coordinator, "sync_bytes_in");
@@ -689,6 +690,8 @@ Status ParseSummary(const fs::path& file, const json& s, RunData* run) {
     run->link = info;
   }
   LOWBAND_RETURN_IF_ERROR(r.Number(s, "step_seconds", "step_seconds", &run->step_seconds));
+  LOWBAND_RETURN_IF_ERROR(r.Number(s, "encode_seconds", "encode_seconds", &run->encode_seconds));
+  LOWBAND_RETURN_IF_ERROR(r.Number(s, "apply_seconds", "apply_seconds", &run->apply_seconds));
   LOWBAND_RETURN_IF_ERROR(r.String(s, "late", "late", &run->late));
   LOWBAND_RETURN_IF_ERROR(r.Integer(s, "parameters", "parameters", &run->parameters));
   LOWBAND_RETURN_IF_ERROR(r.Integer(s, "codec_block", "codec_block", &run->codec_block));
@@ -1352,8 +1355,10 @@ std::string Markdown(const std::string& title, const std::vector<RunData>& runs,
         "fragments, tau and codec with the run's measured step time (`step_seconds`: mean compute of one "
         "inner step; each worker with its own, shown in brackets, when the run recorded them: workers "
         "sharing cores run at different speeds and every round waits for the slowest) and fragment sizes, "
-        "over the run's link: its rate (for tc tbf links the payload share 1448/1514 of it) and latency. "
-        "Relative = simulated / measured - 1.\n\n";
+        "over the run's link: its rate (for tc tbf links the payload share 1448/1514 of it) and latency, "
+        "and, for DiLoCo and Streaming DiLoCo, the exchange's host time the run measured (summary.json "
+        "`encode_seconds` and `apply_seconds` per sync on the training thread, `coordinator.round_seconds` "
+        "from a round's close to its update). Relative = simulated / measured - 1.\n\n";
     for (const RunData& r : runs) {
       if (r.host_cost_from.empty()) continue;
       md += fmt::format(

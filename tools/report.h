@@ -98,8 +98,11 @@ struct RunData {
   std::optional<int64_t> parameters, codec_block;
   std::vector<uint64_t> fragment_elements;  // elements per fragment (coordinator's layout)
   std::optional<SimulatedRun> simulated;    // filled by WriteReport with ReportOptions::simulate
-  double host_seconds_per_byte = 0;         // ddp: the calibrated host cost SimulateRun uses
-  std::string host_cost_from;               // ... and the run it was calibrated on
+  // diloco/streaming, per sync: the training thread's encode and apply seconds, and the
+  // coordinator's seconds from a round's close to its update (absent in older runs: 0).
+  std::optional<double> encode_seconds, apply_seconds, coordinator_round_seconds;
+  double host_seconds_per_byte = 0;  // ddp: the calibrated host cost SimulateRun uses
+  std::string host_cost_from;        // ... and the run it was calibrated on
 
   // From metrics/.
   std::vector<TrainPoint> train_loss;  // sorted by step

@@ -45,6 +45,10 @@ StatusOr<sim::SimConfig> ConfigOf(const RunData& run, double bandwidth_bps, doub
     LOWBAND_ASSIGN_OR_RETURN(c.codec.format, quant::ParseFormat(run.codec.empty() ? "fp32" : run.codec));
     c.codec.block_size = static_cast<uint32_t>(run.codec_block.value_or(64));
     if (run.fragment_elements.size() == c.fragments) c.fragment_params = run.fragment_elements;
+    // The exchange's host time, as the run measured it (older runs: none).
+    c.encode_seconds = run.encode_seconds.value_or(0.0);
+    c.apply_seconds = run.apply_seconds.value_or(0.0);
+    c.coordinator_seconds = run.coordinator_round_seconds.value_or(0.0);
   }
   c.layers = std::max<uint32_t>(c.fragments, 1);
   // Workers sharing cores run at different speeds and every round waits for the slowest: simulate

@@ -573,6 +573,7 @@ class StreamingWorker {
       const uint64_t round = next_round_[p]++;
       pending_[p] = {true, round, t + static_cast<int64_t>(schedule_->overlap())};
       if (!leader()) continue;  // the site's leader sends; the other ranks wait for the update with it
+      const auto encode_start = RunClock::Clock::now();
       // Only fragment p's tensors leave the model (and the device): the cost is the fragment's size.
       std::vector<float>& delta = scratch_;
       delta.resize(g_[p].size());
@@ -591,6 +592,7 @@ class StreamingWorker {
       }
       bytes_encoded_ += payload.size();
       exchanger_->Send(p, round, std::move(payload));
+      encode_.Add(RunClock::Since(encode_start));
     }
     return Status::Ok();
   }
@@ -626,9 +628,12 @@ class StreamingWorker {
     if (!got->ok()) return got->status();
     pending_[p].active = false;
     // g_p -= dec(update), exactly as the coordinator did; then theta_p = alpha theta_p + (1-alpha) g_p.
+    const auto apply_start = RunClock::Clock::now();
     LOWBAND_RETURN_IF_ERROR(comm::ApplyOuterUpdate(**got, g_[p], scratch_)
                                 .WithContext(fmt::format("update of fragment {} round {}", p, pend.round)));
-    return Merge(p);
+    LOWBAND_RETURN_IF_ERROR(Merge(p));
+    apply_.Add(RunClock::Since(apply_start));
+    return Status::Ok();
   }
 
   // The coordinator no longer has what this worker needs for fragment p: the round's update is
@@ -742,6 +747,13 @@ class StreamingWorker {
     r["global_crc"] = crcs;
     r["rounds_sent"] = next_round_;
     r["resyncs"] = resyncs_;
+    // Training-thread seconds of the exchange that are neither compute nor stall, per sync (the
+    // simulator's encode_seconds and apply_seconds): copying and encoding a fragment's outer
+    // gradient, and decoding and merging its update.
+    r["encode_seconds"] = encode_.Get();
+    r["apply_seconds"] = apply_.Get();
+    r["syncs_encoded"] = encode_.n;
+    r["updates_applied"] = apply_.n;
     r["repushes"] = exchanger_stats_.repushes;
     r["late_pushes"] = exchanger_stats_.late_pushes;
     r["rejoins"] = tc.rejoins;
@@ -792,6 +804,7 @@ class StreamingWorker {
     uint64_t late_pushes = 0;
   } exchanger_stats_;
   uint64_t bytes_encoded_ = 0;
+  comm::RunningMean encode_, apply_;  // seconds per sync
   std::string codec_name_;
   std::unique_ptr<DataParallelGroup> site_;  // a site's ranks (null for a one-rank worker)
   double site_comm_s_ = 0;                   // gradient all-reduce within the site

@@ -698,8 +698,9 @@ struct PushResult {
   LinkStats stats;
 };
 
-// A client that writes as fast as the kernel lets it for `seconds`, into a link of `rate`.
-PushResult Push(double rate, size_t buffer_bytes, double seconds) {
+// A client that writes as fast as the kernel lets it for `seconds`, into a link of `rate` (and
+// `latency`, one way).
+PushResult Push(double rate, size_t buffer_bytes, double seconds, double latency = 0) {
   std::atomic<uint64_t> delivered{0};
   TestServer sink([&](int fd) {
     ForEachChunk(fd, [&](const char*, size_t n) {
@@ -707,7 +708,7 @@ PushResult Push(double rate, size_t buffer_bytes, double seconds) {
       return true;
     });
   });
-  LinkShaperOptions o = Link(sink.port(), rate);
+  LinkShaperOptions o = Link(sink.port(), rate, latency);
   o.buffer_bytes = buffer_bytes;
   auto shaper = StartShaper(o);
   PushResult out;
@@ -775,6 +776,29 @@ TEST(LinkShaper, ExplicitBufferBoundIsHonoured) {
   EXPECT_EQ(r.stats.buffer_bytes_up, 100u * 1000);
   EXPECT_LE(r.stats.max_buffered_bytes, 100u * 1000);
   EXPECT_GT(r.stats.max_buffered_bytes, 0u);
+}
+
+// The buffer is the connection's window: a shaper that adds latency and no rate (the bandwidth
+// lab's, in front of a tc tbf link) carries at most one buffer per latency, whatever the path's
+// rate; `lowband launch --netns-rate` sizes it with AutoBufferBytes for the tbf rate.
+TEST(LinkShaper, ALatencyOnlyShaperCarriesAtMostItsBufferPerLatency) {
+  EXPECT_EQ(AutoBufferBytes(LinkDirection{1e9, 0.02, 0}), 125'000'000u * 7 / 100 + 256 * 1024);
+  EXPECT_EQ(AutoBufferBytes(LinkDirection{0, 0.02, 0}), 256u * 1024);
+  const double latency = 0.05, seconds = 1.0;
+  const size_t small = 64 * 1024;
+  const PushResult capped = Push(0, small, seconds, latency);
+  const double bound = static_cast<double>(small) * (seconds / latency + 1);
+  EXPECT_LE(static_cast<double>(capped.delivered_end), bound);
+  EXPECT_GT(capped.delivered_end, 0u);
+  // Sized for 40 Mbit/s (762 kB): several times what the 64 KiB window lets through.
+  const PushResult sized = Push(0, AutoBufferBytes(LinkDirection{40e6, latency, 0}), seconds, latency);
+  std::printf(
+      "[ window ] %.0f ms latency, no rate: %llu B delivered in %.0f s with a 64 KiB buffer "
+      "(bound %.0f B), %llu B with %llu B\n",
+      latency * 1e3, static_cast<unsigned long long>(capped.delivered_end), seconds, bound,
+      static_cast<unsigned long long>(sized.delivered_end),
+      static_cast<unsigned long long>(sized.stats.buffer_bytes_up));
+  EXPECT_GT(static_cast<double>(sized.delivered_end), 2 * bound);
 }
 
 TEST(LinkShaper, StopIsIdempotentAndResetsOpenConnections) {

@@ -28,6 +28,7 @@ namespace {
 using lowband::testing::FakeWorker;
 using lowband::testing::InitialParameters;
 using lowband::testing::TestSignature;
+using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 class DurabilityTest : public ::testing::Test {
@@ -232,6 +233,7 @@ TEST_F(DurabilityTest, UpdateReachesWaitersOnlyAfterItsCheckpoint) {
     });
     ++written;
     last_sequence = s.sequence;
+    clock_.Advance(milliseconds(250));  // the write takes 250 ms
   };
   auto core = CoordinatorCore::Create(o);
   ASSERT_TRUE(core.ok());
@@ -251,6 +253,24 @@ TEST_F(DurabilityTest, UpdateReachesWaitersOnlyAfterItsCheckpoint) {
   EXPECT_EQ(late_waiter_written, 1);
   EXPECT_EQ(last_sequence, 1u);
   EXPECT_TRUE((*core)->GetUpdate(keys_[0], 0, 0).ok());
+  // The round's time to its update (the simulator's coordinator_seconds) includes the write.
+  EXPECT_EQ((*core)->round_timing().rounds, 1u);
+  EXPECT_DOUBLE_EQ((*core)->round_timing().seconds, 0.25);
+}
+
+TEST_F(DurabilityTest, WithoutDurableUpdatesARoundIsTimedToItsClose) {
+  auto o = Options();
+  o.checkpoint_every = 2;
+  o.on_checkpoint = [&](const CoordinatorSnapshot&) { clock_.Advance(milliseconds(250)); };
+  auto core = CoordinatorCore::Create(o);
+  ASSERT_TRUE(core.ok());
+  JoinAndSeed(**core, 2);
+  EXPECT_EQ((*core)->round_timing().rounds, 0u);
+  RunRound(**core, 0, 0);
+  RunRound(**core, 0, 1);
+  // Two rounds, each available as soon as it closed; the checkpoint after the second is not waited for.
+  EXPECT_EQ((*core)->round_timing().rounds, 2u);
+  EXPECT_DOUBLE_EQ((*core)->round_timing().seconds, 0.0);
 }
 
 TEST_F(DurabilityTest, MemberThatLeftRejoinsUnderItsIdAndItsContributionStaysADuplicate) {

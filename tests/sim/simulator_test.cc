@@ -289,6 +289,35 @@ TEST(SimulatorTest, DeferStallsOnlyWhenTheFragmentIsDueAgain) {
   EXPECT_NEAR(stall_per_sync(SimulateOk(c)), 2.0, 1e-9);
 }
 
+TEST(SimulatorTest, AFetchRequestQueuesBehindThePushThatStartedWithIt) {
+  // Engine protocol, no latency, H = P = 2 (fragment 1 due at odd steps, 0 at even), tau = 1,
+  // defer, T = 0.1 s, 0.3 s on the wire each way. By hand: fragment 1 goes up 0.1-0.4; its fetch
+  // request is sent at 0.4, when the reply is back, and so is fragment 0's push (waiting since
+  // 0.2): the request leaves after the push, at 0.7, and the update is back at 1.0 (0.7 if the
+  // request went beside the push). Step 3 (0.3) must have it before fragment 1 goes again: it
+  // stalls until 1.0.
+  SimConfig c = Small(Algo::kStreaming);
+  c.latency_seconds = 0;
+  c.inner_steps = 2;
+  c.fragments = 2;
+  c.layers = 2;
+  c.overlap = 1;
+  c.late = LatePolicy::kDefer;
+  c.step_seconds = 0.1;
+  c.upload_bytes = {375'000};  // 0.3 s at 10 Mbit/s
+  c.steps = 3;
+  c.drain = false;
+  SimResult r = SimulateOk(c);
+  EXPECT_NEAR(r.wall_seconds, 1.0, 1e-9);
+  EXPECT_NEAR(r.stall_seconds, 0.7, 1e-9);
+  // Slower compute (T = 1 s): each push starts after the previous request left; nothing queues
+  // and the update of step 1 (pushed 1.0-1.3, back at 1.6) is in before step 2 ends.
+  c.step_seconds = 1.0;
+  r = SimulateOk(c);
+  EXPECT_EQ(r.stall_seconds, 0.0);
+  EXPECT_NEAR(r.wall_seconds, 3.0, 1e-9);
+}
+
 TEST(SimulatorTest, PayloadBytesAreTheCodecsEncodedSize) {
   SimConfig c;
   c.algo = Algo::kStreaming;

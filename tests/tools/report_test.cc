@@ -244,10 +244,18 @@ TEST_F(ReportTest, SimulateSetsMeasuredBesideSimulatedUtilization) {
   slow["step_seconds"] = 0.1;
   slow["parameters"] = 1000000;  // 4 MB each way per sync: 4 s up + 4 s down at 8 Mbit/s
   slow["worker_step_seconds"] = {0.1, 0.1};
+  // The same run with the exchange's host time it measured: 0.25 s to encode and 0.25 s to apply on
+  // the worker, 1 s from the round's close to its update at the coordinator: 1.5 s more per sync.
+  json hosted = slow;
+  hosted["name"] = "hosted";
+  hosted["encode_seconds"] = 0.25;
+  hosted["apply_seconds"] = 0.25;
+  hosted["coordinator"] = {{"rounds_closed", 2}, {"round_seconds", 1.0}};
   const fs::path a = MakeRun("fast", fast, 4), b = MakeRun("slow", slow, 2);
   const fs::path none = MakeRun("none", Summary("ddp", "none", {1, 1}, kNoLink), 2);
+  const fs::path c = MakeRun("hosted", hosted, 2);
   ReportOptions options;
-  options.runs = {a, b, none};
+  options.runs = {a, b, none, c};
   options.out = root_ / "sim-out";
   options.gnuplot = "";
   options.simulate = true;
@@ -261,6 +269,8 @@ TEST_F(ReportTest, SimulateSetsMeasuredBesideSimulatedUtilization) {
   // The last sync at step 100 is part of the run too: two syncs, 10 s of compute in 26 s.
   EXPECT_NEAR(result->runs[1].simulated->utilization, 10.0 / 26.0, 0.01);
   EXPECT_FALSE(result->runs[2].simulated.has_value());
+  ASSERT_TRUE(result->runs[3].simulated.has_value());
+  EXPECT_NEAR(result->runs[3].simulated->utilization, 10.0 / 29.0, 0.01);
   const std::string md = ReadFile(options.out / "report.md");
   EXPECT_THAT(md, HasSubstr("## Measured vs simulated utilization"));
   EXPECT_THAT(md, HasSubstr("| slow | diloco | fp32 |"));
