@@ -12,6 +12,9 @@
 #                 mbps = megabytes/s); "none" leaves the links unshaped (default none)
 #   --coordinator-rate R  the coordinator's own link (default none: a datacenter uplink that is not
 #                 the bottleneck, as the simulator assumes; give a rate to make it one)
+#   --queue B     tbf's queue limit in bytes on every shaped link (default: 100 ms of traffic, at least
+#                 256 KiB, so slow links pace rather than drop; a small queue keeps TCP's acknowledgements
+#                 from waiting behind bulk data, at the price of drops)
 #   --prefix P    namespace names: P-hub (the bridge), P-coord (10.77.0.1), P-w<i> (10.77.0.<10+i>)
 #   --keep        leave the namespaces up after the job (inspect with `ip netns exec P-w0 tc -s qdisc`)
 #
@@ -29,6 +32,7 @@ cd "$(dirname "$0")/.."
 WORKERS=4
 RATE=none
 COORD_RATE=none
+QUEUE=auto
 PREFIX=lb
 KEEP=0
 CHECK=0
@@ -37,6 +41,7 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=${2:?--workers needs a number}; shift 2 ;;
     --rate) RATE=${2:?--rate needs a value like 100mbit}; shift 2 ;;
     --coordinator-rate) COORD_RATE=${2:?--coordinator-rate needs a value like 1gbit}; shift 2 ;;
+    --queue) QUEUE=${2:?--queue needs a byte count}; shift 2 ;;
     --prefix) PREFIX=${2:?--prefix needs a name}; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --check) CHECK=1; shift ;;
@@ -45,6 +50,7 @@ while [ $# -gt 0 ]; do
     *) echo "netns-lab: unknown option '$1' (see --help; lowband launch's options go after --)" >&2; exit 2 ;;
   esac
 done
+case "$QUEUE" in auto) ;; ''|*[!0-9]*) echo "netns-lab: --queue must be a byte count, got '$QUEUE'" >&2; exit 2 ;; esac
 case "$WORKERS" in ''|*[!0-9]*) echo "netns-lab: --workers must be a positive number, got '$WORKERS'" >&2; exit 2 ;; esac
 if [ "$WORKERS" -lt 1 ] || [ "$WORKERS" -gt 200 ]; then
   echo "netns-lab: --workers must be 1..200, got $WORKERS" >&2; exit 2
@@ -109,13 +115,13 @@ for h in hub "${HOSTS[@]}"; do ip netns del "${PREFIX}-$h" 2>/dev/null || true; 
 # in no time; tbf segments GSO packets larger than the bucket itself), the queue 100 ms (at least
 # 256 KiB, so slow links pace rather than drop).
 tbf_args() {
-  python3 - "$1" <<'EOF'
+  python3 - "$1" "$QUEUE" <<'EOF'
 import re, sys
 m = re.fullmatch(r"([0-9.]+)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)", sys.argv[1])
 v, u = float(m.group(1)), m.group(2)
 bits = v * {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}[u]
 burst = max(3028, int(bits / 8 * 0.002))
-limit = max(262144, int(bits / 8 * 0.1))
+limit = max(262144, int(bits / 8 * 0.1)) if sys.argv[2] == "auto" else max(3028, int(sys.argv[2]))
 print(f"rate {int(bits)}bit burst {burst} limit {limit}")
 EOF
 }
