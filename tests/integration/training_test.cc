@@ -222,6 +222,9 @@ TEST_F(TrainingTest, NetnsLabRunsDdpAndStreamingOverKernelShapedLinks) {
   EXPECT_EQ(s2["link"]["kind"], "netns-tbf+shaper");
   EXPECT_DOUBLE_EQ(s2["cpu_per_worker"].get<double>(), 0.5);
   EXPECT_TRUE(s2["global_state_identical"].get<bool>());
+  // The latency shapers in front of tbf hold a 200 Mbit/s bandwidth-delay product (25 MB/s x
+  // (2 ms + 50 ms) + 256 KiB), not the 256 KiB that would cap them at 256 KiB per 2 ms.
+  EXPECT_EQ(s2["link"]["shapers"][0]["buffer_bytes_up"].get<uint64_t>(), 1'300'000u + 262'144u);
   // Nothing is left behind.
   auto [rc3, left] = Shell("ip netns list | grep -c '^lbit-' || true");
   EXPECT_EQ(left.substr(0, 1), "0") << left;
