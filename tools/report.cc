@@ -1173,7 +1173,18 @@ std::optional<Plot> UtilizationVsBandwidth(const PlotInputs& in, std::string* da
     const double lo = *rates.begin() / 1.5, hi = *rates.rbegin() * 6;
     std::string sim = "# rate_mbit simulated_utilization; one block per (algo, codec), same order\n";
     size_t sim_block = 0, color = 0;
+    // Each run simulated with its own step times (the table's value), drawn as an open marker:
+    // the curve is one run's settings, and a run with faster steps sits below it on a slow link.
+    std::vector<std::pair<size_t, std::string>> own_points;  // (color, block)
     for (auto& [label, indices] : series) {
+      std::string own;
+      for (const size_t i : indices) {
+        if (in.runs[i].simulated) {
+          own +=
+              fmt::format("{} {:.6g}\n", Dat(in.runs[i].link->rate_mbit), in.runs[i].simulated->utilization);
+        }
+      }
+      if (!own.empty()) own_points.emplace_back(color, std::move(own));
       std::vector<size_t> by_step = indices;
       std::sort(by_step.begin(), by_step.end(), [&](size_t a, size_t b) {
         return in.runs[a].step_seconds.value_or(0) < in.runs[b].step_seconds.value_or(0);
@@ -1197,6 +1208,13 @@ std::optional<Plot> UtilizationVsBandwidth(const PlotInputs& in, std::string* da
         ++sim_block;
       }
       ++color;
+    }
+    for (size_t k = 0; k < own_points.size(); ++k) {
+      sim += fmt::format("# simulated for the run itself\n{}\n\n", own_points[k].second);
+      items.push_back(fmt::format(
+          "\"utilization_vs_bandwidth.sim.dat\" index {} using 1:2 with points pt 6 ps 1.5 lc {} {}",
+          sim_block, Color(own_points[k].first), k == 0 ? "title \"each run simulated (open)\"" : "notitle"));
+      ++sim_block;
     }
     *data += "\n# simulated curves: utilization_vs_bandwidth.sim.dat\n";
     *sim_data = std::move(sim);

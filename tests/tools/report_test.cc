@@ -275,6 +275,12 @@ TEST_F(ReportTest, SimulateSetsMeasuredBesideSimulatedUtilization) {
   EXPECT_THAT(md, HasSubstr("## Measured vs simulated utilization"));
   EXPECT_THAT(md, HasSubstr("| slow | diloco | fp32 |"));
   EXPECT_THAT(md, HasSubstr("| 100.0 ms (100.0..100.0) |"));  // the run's step_seconds, per worker
+  // The plot's data: a curve per series and each run's own simulated point (the table's value).
+  const std::string sim_dat = ReadFile(options.out / "utilization_vs_bandwidth.sim.dat");
+  EXPECT_THAT(sim_dat, HasSubstr("# simulated for the run itself\n"));
+  for (size_t i : {1, 3}) {
+    EXPECT_THAT(sim_dat, HasSubstr(fmt::format("\n8 {:.6g}\n", result->runs[i].simulated->utilization)));
+  }
   const auto no_link = SimulateRun(result->runs[2]);
   EXPECT_FALSE(no_link.ok());
   EXPECT_THAT(no_link.status().message(), HasSubstr("no link"));
