@@ -44,17 +44,6 @@ class RunClock {
   Clock::time_point start_;
 };
 
-// Mean of a running sum (per-sync times, per-step bits, a logging window).
-struct RunningMean {
-  double sum = 0;
-  int64_t n = 0;
-  void Add(double v) {
-    sum += v;
-    ++n;
-  }
-  double Get() const { return n > 0 ? sum / static_cast<double>(n) : 0.0; }
-};
-
 // Writes `json` to `path` atomically (temp file, fsync, rename).
 Status WriteJsonFile(const std::string& path, const nlohmann::json& json);
 

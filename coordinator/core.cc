@@ -83,7 +83,7 @@ struct CoordinatorCore::ClosedRound {
   Status failure;         // non-OK when the round's update could not be computed
   UpdatePayload update;
   std::vector<uint64_t> contributors;
-  SteadyTime closing_started{};  // when the close began (for RoundTiming)
+  SteadyTime closing_started{};  // when the close began (for round_timing())
 };
 
 struct CoordinatorCore::FragmentState {
@@ -852,10 +852,7 @@ void CoordinatorCore::CloseRoundLocked(uint32_t fragment, bool at_deadline, Noti
       notes.Add([this, sequence] { MarkDurable(sequence); });
     }
   }
-  if (!DurableUpdates()) {
-    timing_.rounds += 1;
-    timing_.seconds += std::chrono::duration<double>(Now() - closing_started).count();
-  }
+  if (!DurableUpdates()) timing_.Add(std::chrono::duration<double>(Now() - closing_started).count());
   if (options_.on_round_closed) {
     RoundRecord record{fragment,
                        round,
@@ -902,8 +899,7 @@ void CoordinatorCore::MarkDurable(uint64_t sequence) {
   for (const auto& fs : fragments_) {
     for (const ClosedRound& c : fs->closed) {
       if (c.sequence > durable_sequence_ && c.sequence <= sequence) {
-        timing_.rounds += 1;
-        timing_.seconds += std::chrono::duration<double>(now - c.closing_started).count();
+        timing_.Add(std::chrono::duration<double>(now - c.closing_started).count());
       }
     }
   }
@@ -1053,7 +1049,7 @@ CoordinatorCounters CoordinatorCore::counters() const {
   return counters_;
 }
 
-RoundTiming CoordinatorCore::round_timing() const {
+comm::RunningMean CoordinatorCore::round_timing() const {
   std::lock_guard<std::mutex> lock(mu_);
   return timing_;
 }

@@ -54,6 +54,7 @@
 #include <string_view>
 #include <vector>
 
+#include "comm/running_mean.h"
 #include "comm/schedule.h"
 #include "comm/signature.h"
 #include "coordinator/clock.h"
@@ -238,15 +239,6 @@ struct CoordinatorCounters {
   uint64_t bootstrap_bytes_out = 0;  // bootstrap bytes handed out
 };
 
-// Seconds from the start of a round's close (the last expected contribution is in) to its update
-// being available to GetUpdate: the mean, the outer step, encoding, applying and, with
-// checkpoint_every = 1, the durable checkpoint the update waits for. Not checkpointed.
-struct RoundTiming {
-  uint64_t rounds = 0;
-  double seconds = 0;  // total
-  double mean() const { return rounds > 0 ? seconds / static_cast<double>(rounds) : 0.0; }
-};
-
 struct WorkerStats {
   uint64_t worker_id = 0;
   std::string name;
@@ -389,7 +381,10 @@ class CoordinatorCore {
 
   // --- Observability ---------------------------------------------------------------------------
   CoordinatorCounters counters() const;
-  RoundTiming round_timing() const;
+  // Seconds from the start of each round's close (the last expected contribution is in) to its
+  // update being available to GetUpdate: the mean, the outer step, encoding, applying and, with
+  // checkpoint_every = 1, the durable checkpoint the update waits for. Not checkpointed.
+  comm::RunningMean round_timing() const;
   std::vector<WorkerStats> workers() const;
   // NOT_FOUND / FAILED_PRECONDITION before the signature is known.
   StatusOr<RoundStatus> round_status(uint32_t fragment) const;
@@ -458,7 +453,7 @@ class CoordinatorCore {
   std::vector<std::unique_ptr<FragmentState>> fragments_;
   std::map<WaitId, std::unique_ptr<Waiter>> waiters_;
   CoordinatorCounters counters_;
-  RoundTiming timing_;
+  comm::RunningMean timing_;  // round_timing()
   bool seeded_ = false;
   uint32_t seed_crc_ = 0;
   uint64_t seeder_ = 0;  // worker told must_seed while unseeded (0: none)

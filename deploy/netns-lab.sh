@@ -113,7 +113,7 @@ for h in hub "${HOSTS[@]}"; do ip netns del "${PREFIX}-$h" 2>/dev/null || true; 
 # tbf parameters for a rate: the bucket holds 2 ms of traffic, at least two full frames (a deeper
 # bucket lets a small message through at line speed: 64 KiB would carry a 50 kB payload at 1 Mbit/s
 # in no time; tbf segments GSO packets larger than the bucket itself), the queue 100 ms (at least
-# 256 KiB, so slow links pace rather than drop).
+# 256 KiB, so slow links pace rather than drop) unless --queue gives its bytes.
 tbf_args() {
   python3 - "$1" "$QUEUE" <<'EOF'
 import re, sys

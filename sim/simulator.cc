@@ -40,19 +40,19 @@ struct GroupState {
   double step_seconds = 0;  // T times the group's factor
   double clock = 0;         // when the next step's compute can start
   // Coordinator exchanges: when the next push may start (kEngine: the previous push's reply came
-  // back; kIdeal: its last byte is on the wire), when the previous fetch returned (kEngine) and
-  // when the downlink is free (kIdeal).
+  // back; kIdeal: its last byte is on the wire) and when the downlink is free (kIdeal).
   double up_ready = 0;
-  double fetch_ready = 0;
   double down_free = 0;
-  // kEngine: the latest fetch, kept until the next push is known: a fetch request issued while a
-  // push is on the uplink waits behind it (one FIFO link; see Exchanges::QueueBehindPush).
+  // kEngine: the latest fetch (one at a time; Exchanges::FetchArrival says when it returns), open
+  // until the next push is known: a request sent while that push is on the uplink waits behind it
+  // (one FIFO link; Exchanges::QueueBehindPush). Before the first fetch it returned at -inf.
   struct Fetch {
     bool open = false;
-    double issue = 0;   // when the worker sends the request
-    double close = 0;   // when the round's update is ready at the coordinator
-    double egress = 0;  // when the coordinator's egress has sent it (-inf: unlimited)
-    double wire = 0;    // the update's wire time on the downlink
+    int64_t fragment = -1;  // whose pending result it delivers (-1: none, e.g. ddp)
+    double issue = -kInf;   // when the worker sends the request
+    double close = -kInf;   // when the round's update is ready at the coordinator
+    double egress = -kInf;  // when the coordinator's egress has sent it (-inf: unlimited)
+    double wire = 0;        // the update's wire time on the downlink
   };
   Fetch fetch;
   // Ring all-reduces: when this worker's ring is free.
@@ -82,23 +82,21 @@ class Exchanges {
     }
     arrivals_.resize(groups_.size());
     replies_.resize(groups_.size());
-    revised_.resize(groups_.size());
   }
 
-  // Group i's contribution is ready at ready[i]; returns when each group has the result. With
-  // kEngine, revised() then holds, per group, the new arrival of the previous exchange's result
-  // (NaN: unchanged) when its fetch request had to queue behind this push.
-  const std::vector<double>& Run(const std::vector<double>& ready, double up_bytes, double down_bytes) {
-    std::fill(revised_.begin(), revised_.end(), std::numeric_limits<double>::quiet_NaN());
+  // Group i's contribution is ready at ready[i]; returns when each group has the result.
+  // `fragment`: the pending result slot (GroupState::pending) this exchange fills, -1 for none.
+  // With kEngine a push can delay the previous exchange's result (QueueBehindPush), which is then
+  // moved in its slot.
+  const std::vector<double>& Run(const std::vector<double>& ready, double up_bytes, double down_bytes,
+                                 int64_t fragment = -1) {
     if (c_.topology == Topology::kRing) {
       Ring(ready, up_bytes);
     } else {
-      Coordinator(ready, up_bytes, down_bytes);
+      Coordinator(ready, up_bytes, down_bytes, fragment);
     }
     return arrivals_;
   }
-
-  const std::vector<double>& revised() const { return revised_; }
 
   // Bytes one worker sends (and receives) in a ring all-reduce of `bytes`.
   double RingBytes(double bytes) const {
@@ -121,7 +119,7 @@ class Exchanges {
     }
   }
 
-  void Coordinator(const std::vector<double>& ready, double up_bytes, double down_bytes) {
+  void Coordinator(const std::vector<double>& ready, double up_bytes, double down_bytes, int64_t fragment) {
     const bool engine = c_.protocol == Protocol::kEngine;
     const double m = static_cast<double>(c_.workers);
     double close = 0;
@@ -159,9 +157,8 @@ class Exchanges {
       if (engine) {
         // The fetch request leaves once the push's reply is back and the previous fetch returned;
         // the coordinator answers it when the round has closed.
-        g.fetch = {true, std::max(replies_[i], g.fetch_ready), close, egress_done, wire};
+        g.fetch = {true, fragment, std::max(replies_[i], FetchArrival(g)), close, egress_done, wire};
         arrival = FetchArrival(g);
-        g.fetch_ready = arrival;
       } else {
         const double start = std::max(close, g.down_free);
         arrival = std::max(start + lat + wire, egress_done + lat);
@@ -191,8 +188,11 @@ class Exchanges {
     g.fetch.open = false;  // later pushes start after this one's reply, when the request is out
     if (push_start > g.fetch.issue) return;
     g.fetch.issue = std::max(g.fetch.issue, push_start + push_wire);
-    g.fetch_ready = FetchArrival(g);
-    revised_[i] = g.fetch_ready;
+    // Its result cannot have been applied yet: it would have been back before this push started.
+    const auto slot = static_cast<size_t>(g.fetch.fragment);
+    if (g.fetch.fragment >= 0 && slot < g.pending.size() && g.pending[slot].active) {
+      g.pending[slot].arrival = FetchArrival(g);
+    }
   }
 
   const SimConfig& c_;
@@ -203,7 +203,6 @@ class Exchanges {
   double egress_free_ = 0;
   std::vector<double> arrivals_;
   std::vector<double> replies_;
-  std::vector<double> revised_;
 };
 
 // Layer sizes: N spread evenly over L layers, the first N mod L layers one larger.
@@ -341,7 +340,6 @@ uint64_t RunDiloco(const SimConfig& c, const std::vector<uint64_t>& up, const st
   Exchanges exchanges(c, groups);
   std::vector<double> ready(groups->size());
   uint64_t syncs = 0;
-  int64_t last = -1;  // the fragment of the previous exchange
   const bool wait = c.late == LatePolicy::kWait;
   for (GroupState& g : *groups) g.pending.assign(P, {});
   marks->AtEndOfStep(0, 0, groups);
@@ -365,18 +363,10 @@ uint64_t RunDiloco(const SimConfig& c, const std::vector<uint64_t>& up, const st
         ready[i] = g.clock;
       }
       const std::vector<double>& arrivals =
-          exchanges.Run(ready, static_cast<double>(up[fp]), static_cast<double>(down[fp]));
+          exchanges.Run(ready, static_cast<double>(up[fp]), static_cast<double>(down[fp]), p);
       for (size_t i = 0; i < groups->size(); ++i) {
-        GroupState& g = (*groups)[i];
-        // The previous round's result, if its request queued behind this push. It cannot have been
-        // applied yet: it would have been back before this push started, and then not queued.
-        if (const double r = exchanges.revised()[i];
-            !std::isnan(r) && last >= 0 && g.pending[static_cast<uint32_t>(last)].active) {
-          g.pending[static_cast<uint32_t>(last)].arrival = r;
-        }
-        g.pending[fp] = {true, arrivals[i], t + c.overlap};
+        (*groups)[i].pending[fp] = {true, arrivals[i], t + c.overlap};
       }
-      last = p;
       ++syncs;
       if (c.overlap == 0) {
         for (GroupState& g : *groups) Collect(c, &g, fp, wait);

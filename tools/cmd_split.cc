@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "comm/metrics.h"
+#include "comm/running_mean.h"
 #include "tools/command.h"
 #include "tools/config.h"
 

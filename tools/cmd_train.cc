@@ -200,8 +200,8 @@ void RunCoordinator(const RunConfig& c, const CoordinatorFlags& f) {
             {"restored", restored.has_value()},
             // Mean seconds from a round's close to its update being available (the simulator's
             // coordinator_seconds), over the rounds this process closed.
-            {"round_seconds", (*core)->round_timing().mean()},
-            {"rounds_timed", (*core)->round_timing().rounds},
+            {"round_seconds", (*core)->round_timing().Get()},
+            {"rounds_timed", (*core)->round_timing().n},
             {"wall_seconds", clock.Elapsed()}});
   if (!f.out.empty()) Check(comm::WriteJsonFile(f.out + "/metrics/coordinator-result.json", r));
   spdlog::info("coordinator done: {} rounds, {} contributions, {} late pushes refused",

@@ -175,8 +175,6 @@ StatusOr<nlohmann::json> Summarize(const std::string& run_dir, const RunConfig& 
     // decoding and merging an update (the simulator's encode_seconds and apply_seconds).
     s["encode_seconds"] = encode / workers;
     s["apply_seconds"] = apply / workers;
-  }
-  if (config.algo != "ddp") {
     auto coord = ReadJson(run_dir + "/metrics/coordinator-result.json");
     if (coord.ok()) {
       s["coordinator"] = *coord;

@@ -105,13 +105,12 @@ StatusOr<double> CalibrateHostCost(const RunData& run) {
         "but its link has a rate of {} Mbit/s",
         run.name, *run.link->rate_mbit));
   }
-  RunData probe = run;
-  bool per_worker = false;
   const double measured = *run.compute_utilization;
+  bool per_worker = false;
+  LOWBAND_ASSIGN_OR_RETURN(sim::SimConfig c,
+                           ConfigOf(run, std::numeric_limits<double>::infinity(), 0.0, &per_worker));
   auto utilization = [&](double host) -> StatusOr<double> {
-    probe.host_seconds_per_byte = host;
-    LOWBAND_ASSIGN_OR_RETURN(const sim::SimConfig c,
-                             ConfigOf(probe, std::numeric_limits<double>::infinity(), 0.0, &per_worker));
+    c.host_seconds_per_byte = host;
     LOWBAND_ASSIGN_OR_RETURN(const sim::SimResult r, sim::Simulate(c));
     return r.compute_utilization;
   };

@@ -19,6 +19,7 @@
 #include "comm/coordinator_client.h"
 #include "comm/metrics.h"
 #include "comm/outer_update.h"
+#include "comm/running_mean.h"
 #include "comm/schedule.h"
 #include "worker/checkpoint.h"
 #include "worker/collectives.h"

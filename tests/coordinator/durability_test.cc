@@ -254,8 +254,8 @@ TEST_F(DurabilityTest, UpdateReachesWaitersOnlyAfterItsCheckpoint) {
   EXPECT_EQ(last_sequence, 1u);
   EXPECT_TRUE((*core)->GetUpdate(keys_[0], 0, 0).ok());
   // The round's time to its update (the simulator's coordinator_seconds) includes the write.
-  EXPECT_EQ((*core)->round_timing().rounds, 1u);
-  EXPECT_DOUBLE_EQ((*core)->round_timing().seconds, 0.25);
+  EXPECT_EQ((*core)->round_timing().n, 1);
+  EXPECT_DOUBLE_EQ((*core)->round_timing().sum, 0.25);
 }
 
 TEST_F(DurabilityTest, WithoutDurableUpdatesARoundIsTimedToItsClose) {
@@ -265,12 +265,12 @@ TEST_F(DurabilityTest, WithoutDurableUpdatesARoundIsTimedToItsClose) {
   auto core = CoordinatorCore::Create(o);
   ASSERT_TRUE(core.ok());
   JoinAndSeed(**core, 2);
-  EXPECT_EQ((*core)->round_timing().rounds, 0u);
+  EXPECT_EQ((*core)->round_timing().n, 0);
   RunRound(**core, 0, 0);
   RunRound(**core, 0, 1);
   // Two rounds, each available as soon as it closed; the checkpoint after the second is not waited for.
-  EXPECT_EQ((*core)->round_timing().rounds, 2u);
-  EXPECT_DOUBLE_EQ((*core)->round_timing().seconds, 0.0);
+  EXPECT_EQ((*core)->round_timing().n, 2);
+  EXPECT_DOUBLE_EQ((*core)->round_timing().sum, 0.0);
 }
 
 TEST_F(DurabilityTest, MemberThatLeftRejoinsUnderItsIdAndItsContributionStaysADuplicate) {
