@@ -59,6 +59,14 @@ StatusOr<BitAllocator> BitAllocator::Create(CutCodec codec, int channels, const 
   return BitAllocator(codec, channels, config, std::max<int64_t>(total_steps, 1));
 }
 
+StatusOr<BitAllocator> BitAllocator::ForGradients(int channels, const SplitConfig& config,
+                                                  int64_t total_steps) {
+  SplitConfig g = config;
+  g.bits = ResolveGradBits(config.grad_bits, config.bits);
+  g.bit_gradient = "expected";
+  return Create(CutCodec::kAmaq, channels, g, total_steps);
+}
+
 BitAllocator::BitAllocator(CutCodec codec, int channels, const SplitConfig& config, int64_t total_steps)
     : codec_(codec),
       channels_(channels),
@@ -132,85 +140,108 @@ Status BitAllocator::Update(int64_t step, const torch::Tensor& x, const torch::T
     // On the host in double (the statistics are read through data_ptr below), whatever device x is on.
     const torch::Tensor xd = x.to(torch::kCPU, torch::kDouble), xh = xhat.to(torch::kCPU, torch::kDouble),
                         gd = g.to(torch::kCPU, torch::kDouble);
-    // Per channel: sum_t G (x^ - x), range, sum_t G^2.
+    // Per channel: sum_t G (x^ - x), and the importance sample sum_t G^2 * range^2.
     const torch::Tensor task_dot = (gd * (xh - xd)).sum(0).contiguous();
-    const torch::Tensor range = (std::get<0>(xd.max(0)) - std::get<0>(xd.min(0))).contiguous();
-    const torch::Tensor g2 = (gd * gd).sum(0).contiguous();
-    const double* dot = task_dot.data_ptr<double>();
-    const double* rng = range.data_ptr<double>();
-    const double* gg = g2.data_ptr<double>();
-    if (!std::isfinite(task_dot.sum().item<double>()) || !std::isfinite(g2.sum().item<double>())) {
+    const torch::Tensor range = std::get<0>(xd.max(0)) - std::get<0>(xd.min(0));
+    const torch::Tensor sample = ((gd * gd).sum(0) * range * range).contiguous();
+    if (!std::isfinite(task_dot.sum().item<double>()) || !std::isfinite(sample.sum().item<double>())) {
       return InvalidArgument("BitAllocator::Update: non-finite gradient");
     }
-
-    const size_t C = gates_.size();
-    const double decay = have_importance_ ? config_.importance_decay : 0.0;
-    for (size_t c = 0; c < C; ++c)
-      importance_[c] = decay * importance_[c] + (1 - decay) * gg[c] * rng[c] * rng[c];
-    have_importance_ = true;
-    const double mean_importance =
-        std::accumulate(importance_.begin(), importance_.end(), 0.0) / static_cast<double>(C);
-    std::vector<double> w(C, 1.0);
-    if (config_.importance_power > 0 && mean_importance > 0) {
-      double sum = 0;
-      for (size_t c = 0; c < C; ++c) {
-        w[c] = std::clamp(std::pow(importance_[c] / mean_importance + 1e-3, -config_.importance_power), 0.05,
-                          20.0);
-        sum += w[c];
-      }
-      for (double& v : w) v *= static_cast<double>(C) / sum;
-    }
-
-    // Controller on the mean bits against this step's target: the wire's mean, or the continuous mean
-    // when the rounding spends the budget exactly (the wire's mean is then the target by construction).
-    target_ = AmaqTarget(config_.bits, config_.schedule_fraction, step, total_steps_);
-    const std::vector<double> b = continuous_bits();
-    double mean = 0;
-    for (size_t c = 0; c < C; ++c) mean += config_.exact_budget ? b[c] : bits_[c];
-    mean /= static_cast<double>(C);
-    const double err = mean - target_;
-    integral_ += config_.lambda_lr * err;
-    lambda_ = integral_ + config_.lambda_kp * err;
-
-    // Over budget (lambda > 0) the penalty takes bits from the channels that matter least; under budget
-    // (lambda < 0) it gives them to the channels that matter most, with the reciprocal weights.
-    if (lambda_ < 0) {
-      double sum = 0;
-      for (double& v : w) sum += (v = 1.0 / v);
-      for (double& v : w) v *= static_cast<double>(C) / sum;
-    }
-    // The task term dL/db_c, in units of one channel (mean magnitude about 1 for "expected").
-    std::vector<double> task(C);
-    if (expected_gradient_) {
-      // -ln2 2^b/(2^b-1) * I_c / (12 (2^b-1)^2): the importance EMA is sum_t G^2 range^2, and
-      // range^2 / (2^b-1)^2 is the step squared. Measured in units of a channel of mean importance at
-      // 4 bits (I / mean I, steps relative to 2^4-1), so lambda stays O(1) whatever the gradients' scale:
-      // only the channels' ratios set the allocation.
-      const double norm = mean_importance > 0 ? 1.0 / mean_importance : 0.0;
-      for (size_t c = 0; c < C; ++c) {
-        const double p2 = std::exp2(b[c]), rel_step = kFourBitLevels / (p2 - 1);
-        task[c] = -std::numbers::ln2 * p2 / (p2 - 1) * importance_[c] * norm * rel_step * rel_step;
-      }
-    } else {
-      for (size_t c = 0; c < C; ++c) {
-        const double p2 = std::exp2(static_cast<double>(bits_[c]));
-        task[c] = -std::numbers::ln2 * p2 / (p2 - 1) * dot[c] * static_cast<double>(C);
-      }
-    }
-    for (size_t c = 0; c < C; ++c) {
-      const double sig = Sigmoid(config_.gate_scale * gates_[c]);
-      const double db_dq = (kMaxBits - kMinBits) * config_.gate_scale * sig * (1 - sig);
-      double dq = -config_.gate_lr * (task[c] + lambda_ * w[c]) * db_dq;
-      // A trust region: no channel's width moves by more than kMaxBitStep per step, so one large
-      // controller output cannot throw a channel across the whole range (and back).
-      const double limit = kMaxBitStep / std::max(db_dq, 1e-9);
-      gates_[c] += std::clamp(dq, -limit, limit);
-      // Keep the gates where the sigmoid still has a slope, so no channel gets stuck at an end.
-      gates_[c] = std::clamp(gates_[c], -8.0 / config_.gate_scale, 8.0 / config_.gate_scale);
-    }
-    RefreshBits();
+    Learn(step, sample.data_ptr<double>(), task_dot.data_ptr<double>());
     return Status::Ok();
   });
+}
+
+Status BitAllocator::UpdateFromGradient(int64_t step, const torch::Tensor& g) {
+  if (codec_ != CutCodec::kAmaq) return Status::Ok();
+  if (!g.defined() || g.dim() != 2 || g.size(1) != channels_ || g.size(0) < 1 ||
+      g.scalar_type() != torch::kFloat) {
+    return InvalidArgument("BitAllocator::UpdateFromGradient: g must be float [rows, " +
+                           std::to_string(channels_) + "]");
+  }
+  if (!expected_gradient_) {
+    return FailedPrecondition(
+        "BitAllocator::UpdateFromGradient needs bit_gradient 'expected' (ForGradients)");
+  }
+  return worker::GuardTorch("BitAllocator::UpdateFromGradient", [&]() -> Status {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor gd = g.to(torch::kCPU, torch::kDouble);
+    const torch::Tensor range = std::get<0>(gd.max(0)) - std::get<0>(gd.min(0));
+    const torch::Tensor sample = (range * range * static_cast<double>(g.size(0))).contiguous();
+    if (!std::isfinite(sample.sum().item<double>())) {
+      return InvalidArgument("BitAllocator::UpdateFromGradient: non-finite gradient");
+    }
+    Learn(step, sample.data_ptr<double>(), nullptr);
+    return Status::Ok();
+  });
+}
+
+void BitAllocator::Learn(int64_t step, const double* importance_sample, const double* task_dot) {
+  const size_t C = gates_.size();
+  const double decay = have_importance_ ? config_.importance_decay : 0.0;
+  for (size_t c = 0; c < C; ++c) importance_[c] = decay * importance_[c] + (1 - decay) * importance_sample[c];
+  have_importance_ = true;
+  const double mean_importance =
+      std::accumulate(importance_.begin(), importance_.end(), 0.0) / static_cast<double>(C);
+  std::vector<double> w(C, 1.0);
+  if (config_.importance_power > 0 && mean_importance > 0) {
+    double sum = 0;
+    for (size_t c = 0; c < C; ++c) {
+      w[c] = std::clamp(std::pow(importance_[c] / mean_importance + 1e-3, -config_.importance_power), 0.05,
+                        20.0);
+      sum += w[c];
+    }
+    for (double& v : w) v *= static_cast<double>(C) / sum;
+  }
+
+  // Controller on the mean bits against this step's target: the wire's mean, or the continuous mean
+  // when the rounding spends the budget exactly (the wire's mean is then the target by construction).
+  target_ = AmaqTarget(config_.bits, config_.schedule_fraction, step, total_steps_);
+  const std::vector<double> b = continuous_bits();
+  double mean = 0;
+  for (size_t c = 0; c < C; ++c) mean += config_.exact_budget ? b[c] : bits_[c];
+  mean /= static_cast<double>(C);
+  const double err = mean - target_;
+  integral_ += config_.lambda_lr * err;
+  lambda_ = integral_ + config_.lambda_kp * err;
+
+  // Over budget (lambda > 0) the penalty takes bits from the channels that matter least; under budget
+  // (lambda < 0) it gives them to the channels that matter most, with the reciprocal weights.
+  if (lambda_ < 0) {
+    double sum = 0;
+    for (double& v : w) sum += (v = 1.0 / v);
+    for (double& v : w) v *= static_cast<double>(C) / sum;
+  }
+  // The task term dL/db_c, in units of one channel (mean magnitude about 1 for "expected").
+  std::vector<double> task(C);
+  if (expected_gradient_) {
+    // -ln2 2^b/(2^b-1) * I_c / (12 (2^b-1)^2): the importance EMA is sum_t G^2 range^2, and
+    // range^2 / (2^b-1)^2 is the step squared. Measured in units of a channel of mean importance at
+    // 4 bits (I / mean I, steps relative to 2^4-1), so lambda stays O(1) whatever the gradients' scale:
+    // only the channels' ratios set the allocation.
+    const double norm = mean_importance > 0 ? 1.0 / mean_importance : 0.0;
+    for (size_t c = 0; c < C; ++c) {
+      const double p2 = std::exp2(b[c]), rel_step = kFourBitLevels / (p2 - 1);
+      task[c] = -std::numbers::ln2 * p2 / (p2 - 1) * importance_[c] * norm * rel_step * rel_step;
+    }
+  } else {
+    for (size_t c = 0; c < C; ++c) {
+      const double p2 = std::exp2(static_cast<double>(bits_[c]));
+      task[c] = -std::numbers::ln2 * p2 / (p2 - 1) * task_dot[c] * static_cast<double>(C);
+    }
+  }
+  for (size_t c = 0; c < C; ++c) {
+    const double sig = Sigmoid(config_.gate_scale * gates_[c]);
+    const double db_dq = (kMaxBits - kMinBits) * config_.gate_scale * sig * (1 - sig);
+    double dq = -config_.gate_lr * (task[c] + lambda_ * w[c]) * db_dq;
+    // A trust region: no channel's width moves by more than kMaxBitStep per step, so one large
+    // controller output cannot throw a channel across the whole range (and back).
+    const double limit = kMaxBitStep / std::max(db_dq, 1e-9);
+    gates_[c] += std::clamp(dq, -limit, limit);
+    // Keep the gates where the sigmoid still has a slope, so no channel gets stuck at an end.
+    gates_[c] = std::clamp(gates_[c], -8.0 / config_.gate_scale, 8.0 / config_.gate_scale);
+  }
+  RefreshBits();
 }
 
 AllocatorStats BitAllocator::stats() const {

@@ -31,6 +31,14 @@
 // stats().noise_vs_uniform reports how much importance-weighted noise the mixed widths cost against
 // uniform widths of the same mean (below 1 = better than fixed bits, by the allocator's own measure).
 //
+// Gradients with their own gates (split.grad_codec amaq) use the same class on the server, which
+// encodes dL/dX: UpdateFromGradient learns from the gradient alone. Its quantization noise reaches the
+// loss only through the client's backward, which is linear in dL/dX but unknown to the server, so the
+// importance is I_c = EMA of rows * range_c(G)^2 (channel c's stochastic-rounding noise energy at a
+// given width, the client's Jacobian taken as equal across channels), the expected task term is used,
+// and the gates' fixed point is the widths that minimize the gradient's total quantization noise
+// sum_c I_c 4^-b_c for the budget.
+//
 // The same class serves the fixed and fp32 baselines (constant bits, no learning), so every codec
 // runs the same code path. Thread safety: one thread. Lifetimes: plain values.
 #pragma once
@@ -69,6 +77,10 @@ class BitAllocator {
   // `total_steps` is the run's length (for the schedule). Rejects bits outside [2, 8] for fixed/amaq.
   [[nodiscard]] static StatusOr<BitAllocator> Create(CutCodec codec, int channels, const SplitConfig& config,
                                                      int64_t total_steps);
+  // The gradients' own gates (grad_codec amaq): budget ResolveGradBits(grad_bits, bits), the expected
+  // bit gradient, the other gate settings from `config`.
+  [[nodiscard]] static StatusOr<BitAllocator> ForGradients(int channels, const SplitConfig& config,
+                                                           int64_t total_steps);
 
   CutCodec codec() const { return codec_; }
   bool passthrough() const { return codec_ == CutCodec::kFp32; }
@@ -82,12 +94,18 @@ class BitAllocator {
   // float [rows, channels] on the CPU. A no-op for fp32 and fixed.
   [[nodiscard]] Status Update(int64_t step, const torch::Tensor& x, const torch::Tensor& xhat,
                               const torch::Tensor& g);
+  // Learns from step `step`'s gradient g (float [rows, channels], any device) alone: the gradients' own
+  // gates (ForGradients). A no-op for fp32 and fixed.
+  [[nodiscard]] Status UpdateFromGradient(int64_t step, const torch::Tensor& g);
 
   AllocatorStats stats() const;
 
  private:
   BitAllocator(CutCodec codec, int channels, const SplitConfig& config, int64_t total_steps);
   void RefreshBits();
+  // One gate update from this step's per-channel importance sample (folded into the EMA I_c) and, for
+  // the "sample" bit gradient, sum_t G (x^ - x) per channel (nullptr otherwise).
+  void Learn(int64_t step, const double* importance_sample, const double* task_dot);
 
   CutCodec codec_;
   int channels_;

@@ -247,6 +247,7 @@ class SplitClient::Impl {
     if (xhat.defined()) LOWBAND_RETURN_IF_ERROR(allocator_->Update(next_step_, x2d, xhat, g.values));
     ++next_step_;
     rep.loss = back->loss();
+    if (back->grad_noise_vs_uniform() > 0) rep.grad_noise_vs_uniform = back->grad_noise_vs_uniform();
     rep.correct = back->correct();
     rep.count = back->count();
     return rep;

@@ -54,6 +54,8 @@ struct StepReport {
   double loss = 0;
   int64_t correct = 0, count = 0;
   quant::AmaqStats up, down;  // activation and gradient payloads
+  // grad_codec amaq: the server's gradient gates' noise against uniform widths (1 otherwise).
+  double grad_noise_vs_uniform = 1;
   // The reply was lost after the server applied the step: no loss, no gradient, nothing to count.
   bool skipped_client_update = false;
 };

@@ -8,6 +8,9 @@
 
 namespace lowband::split {
 
+// split.grad_bits as used: 0 means the activations' bits.
+inline int ResolveGradBits(int grad_bits, int bits) { return grad_bits > 0 ? grad_bits : bits; }
+
 struct SplitConfig {
   // The base model: a lowband checkpoint directory (its LATEST, or one ckpt-* directory) or a
   // .safetensors file whose tensor names and shapes are the GPT's parameters. "" starts from the
@@ -32,9 +35,12 @@ struct SplitConfig {
   // Fixed: the bit width; AMAQ: the budget (target mean bits at the end of the schedule).
   int bits = 4;
   // Backward (dL/dX): "follow" (the activations' bit map; fp32 when codec is fp32), "fixed"
-  // (grad_bits for every channel) or "fp32".
+  // (grad_bits for every channel), "amaq" (the gradients' own gates on the server, learned like the
+  // activations' with the same schedule and controller settings, budget grad_bits; split/amaq.h) or
+  // "fp32".
   std::string grad_codec = "follow";
-  int grad_bits = 4;
+  // Bits of fixed gradients, or the budget of amaq gradients; 0 = the same as `bits`.
+  int grad_bits = 0;
   // Rounding of the gradients: "stochastic" (unbiased) or "nearest". Activations always round to
   // nearest.
   std::string grad_rounding = "stochastic";

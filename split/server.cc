@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include <ATen/Parallel.h>
@@ -54,6 +55,8 @@ struct Session {
   std::unique_ptr<worker::InnerOptimizer> optimizer;
   quant::AmaqDecoder act_decoder;
   quant::AmaqEncoder grad_encoder;
+  // grad_codec amaq: the gradients' own gates.
+  std::optional<BitAllocator> grad_allocator;
   int64_t next_step = 0;
   bool attached = false;
   Clock::time_point last_active = Clock::now();
@@ -202,6 +205,12 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
       return Error(grpc::StatusCode::INVALID_ARGUMENT, "session optimizer: " + optimizer.status().message());
     }
     session->optimizer = std::move(*optimizer);
+    if (split.grad_codec == "amaq") {
+      auto gates = BitAllocator::ForGradients(options_.model.d_model, split, h.total_steps());
+      if (!gates.ok())
+        return Error(grpc::StatusCode::INVALID_ARGUMENT, "gradient gates: " + gates.status().message());
+      session->grad_allocator = std::move(*gates);
+    }
     session->attached = true;
     lock.lock();
     // Another hello may have filled the last place while this session was being built.
@@ -324,11 +333,14 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
       if (!std::isfinite(loss)) return InvalidArgument("the loss is not finite; step skipped");
       r.loss.backward();
       const torch::Tensor grad = x.grad().reshape({B * T, C});
-      // The gradient's bits: the activations' map, its own fixed width, or fp32.
+      // The gradient's bits: the activations' map, its own fixed width or gates, or fp32.
       std::vector<uint8_t> bits;
       const std::string& gc = session.hello.grad_codec();
       if (gc == "fixed") {
-        bits.assign(static_cast<size_t>(C), static_cast<uint8_t>(session.hello.grad_bits()));
+        bits.assign(static_cast<size_t>(C),
+                    static_cast<uint8_t>(ResolveGradBits(session.hello.grad_bits(), session.hello.bits())));
+      } else if (session.grad_allocator) {
+        bits = session.grad_allocator->bits();
       } else if (gc == "follow") {
         bits = session.act_decoder.bitmap().bits;  // empty when the activations are fp32
       }
@@ -339,6 +351,11 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
       LOWBAND_ASSIGN_OR_RETURN(EncodedCut g, EncodeCut(session.grad_encoder, grad, bits, o));
       // Everything checked: now the update.
       LOWBAND_RETURN_IF_ERROR(session.optimizer->ApplyStep());
+      // The next step's gradient widths (the encode above has already refused a non-finite gradient).
+      if (session.grad_allocator) {
+        LOWBAND_RETURN_IF_ERROR(session.grad_allocator->UpdateFromGradient(f.step(), grad.contiguous()));
+        out->set_grad_noise_vs_uniform(session.grad_allocator->stats().noise_vs_uniform);
+      }
       ++session.next_step;
       Fill(out, f.step(), loss, r, t0);
       bytes_sent_ += static_cast<int64_t>(g.payload.size());

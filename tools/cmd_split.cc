@@ -136,6 +136,8 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   comm::RunClock clock;
   int64_t bytes_up = 0, bytes_down = 0, bitmap_up = 0, bitmap_down = 0, examples = 0, values = 0;
   comm::RunningMean bits_up, bits_down, loss_window, acc_window;
+  const bool grad_gates = c.split.grad_codec == "amaq";
+  double grad_noise_vs_uniform = 1;
   nlohmann::json eval_curve = nlohmann::json::array(), bits_curve = nlohmann::json::array();
   const auto& eval_batches = (*data)->EvalBatches();
   const auto evaluate = [&](int64_t step) {
@@ -166,6 +168,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
     bits_up.Add(r->up.code_bits_per_value);
     bits_down.Add(r->down.code_bits_per_value);
     loss_window.Add(r->loss);
+    grad_noise_vs_uniform = r->grad_noise_vs_uniform;
     if (classify && r->count > 0)
       acc_window.Add(static_cast<double>(r->correct) / static_cast<double>(r->count));
     const auto stats = cl.allocator().stats();
@@ -182,6 +185,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
           {"lambda", stats.lambda},
           {"bits_histogram", stats.histogram},
           {"noise_vs_uniform", stats.noise_vs_uniform},
+          {"grad_noise_vs_uniform", r->grad_noise_vs_uniform},
           {"bytes_up", bytes_up},
           {"bytes_down", bytes_down},
           {"bytes_per_example", static_cast<double>(bytes_up + bytes_down) / static_cast<double>(examples)},
@@ -191,7 +195,8 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       log->Write(j);
       bits_curve.push_back({{"step", step + 1}, {"mean_bits", stats.mean_bits}, {"target", stats.target}});
       spdlog::info(
-          "step {}/{}  loss {:.4f}{}  bits up {:.2f} (target {:.0f}{}) down {:.2f}  {}/example  {:.1f} ex/s  "
+          "step {}/{}  loss {:.4f}{}  bits up {:.2f} (target {:.0f}{}) down {:.2f}{}  {}/example  {:.1f} "
+          "ex/s  "
           "ETA {:.0f}s",
           step + 1, c.steps, loss_window.Get(),
           classify ? fmt::format("  acc {:.1f}%", 100 * acc_window.Get()) : std::string(),
@@ -200,6 +205,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
               ? fmt::format(", noise {:.2f}x uniform", stats.noise_vs_uniform)
               : std::string(),
           r->down.code_bits_per_value,
+          grad_gates ? fmt::format(" (noise {:.2f}x uniform)", r->grad_noise_vs_uniform) : std::string(),
           comm::HumanBytes(static_cast<double>(bytes_up + bytes_down) / static_cast<double>(examples)),
           static_cast<double>(examples) / elapsed, eta);
       loss_window = {};
@@ -232,6 +238,8 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"mean_bits_down", bits_down.Get()},
       {"final_bits_histogram", stats.histogram},
       {"final_noise_vs_uniform", stats.noise_vs_uniform},
+      {"final_grad_noise_vs_uniform", grad_noise_vs_uniform},
+      {"grad_bits", split::ResolveGradBits(c.split.grad_bits, c.split.bits)},
       {"bytes_up", bytes_up},
       {"bytes_down", bytes_down},
       {"bitmap_bytes_up", bitmap_up},

@@ -54,7 +54,7 @@ struct SplitRun {
   fs::path dir;
   std::string name;  // the directory's name
   std::string task, codec, grad_codec;
-  std::optional<int64_t> bits, cut, lora_rank, seed, steps, examples, eval_examples, reconnects;
+  std::optional<int64_t> bits, grad_bits, cut, lora_rank, seed, steps, examples, eval_examples, reconnects;
   double final_eval_loss = 0;
   std::optional<double> final_accuracy, final_perplexity;
   std::vector<SplitEvalPoint> eval_curve;
@@ -166,6 +166,8 @@ std::string CodecLabel(const SplitRun& r) {
   }
   if (!r.grad_codec.empty() && r.grad_codec != "follow") {
     out += ", grads " + r.grad_codec;
+    if (r.grad_bits && r.grad_bits != r.bits && r.grad_codec != "fp32")
+      out += fmt::format(" {}-bit", *r.grad_bits);
   }
   return out;
 }
@@ -254,6 +256,15 @@ std::vector<double> PairedDeltas(const std::vector<SplitRun>& runs, const SeedGr
   return out;
 }
 
+// How a run's gradients are coded, up to what makes two runs comparable: "follow" and "amaq" both
+// spend the activations' budget on the gradients (fixed b-bit's gradients are fixed b-bit; AMAQ's own
+// gates learn b-bit mixed widths), so AMAQ with either is set against fixed b-bit.
+std::string GradsAtTheBudget(const SplitRun& r) {
+  const bool at_budget =
+      r.grad_codec == "follow" || (r.grad_codec == "amaq" && (!r.grad_bits || r.grad_bits == r.bits));
+  return at_budget ? std::string("budget") : r.grad_codec;
+}
+
 // AMAQ at a budget of b bits set against fixed b-bit of the same task, when both groups exist.
 std::vector<std::pair<size_t, size_t>> AmaqVsFixed(const std::vector<SplitRun>& runs,
                                                    const std::vector<SeedGroup>& groups) {
@@ -265,7 +276,8 @@ std::vector<std::pair<size_t, size_t>> AmaqVsFixed(const std::vector<SplitRun>& 
     }
     for (size_t f = 0; f < groups.size(); ++f) {
       const SplitRun& rf = runs[groups[f].runs.front()];
-      if (rf.codec == "fixed" && rf.bits == ra.bits && rf.task == ra.task && rf.grad_codec == ra.grad_codec) {
+      if (rf.codec == "fixed" && rf.bits == ra.bits && rf.task == ra.task &&
+          GradsAtTheBudget(rf) == GradsAtTheBudget(ra)) {
         pairs.emplace_back(a, f);
       }
     }
@@ -465,6 +477,7 @@ Status ParseSplitSummary(const fs::path& file, const json& s, SplitRun* run) {
       r.Number(s, "final_accuracy", "final_accuracy", &run->final_accuracy, run->task == "classify"));
   LOWBAND_RETURN_IF_ERROR(r.String(s, "grad_codec", "grad_codec", &run->grad_codec));
   for (const auto& [key, out] : {std::pair<const char*, std::optional<int64_t>*>{"bits", &run->bits},
+                                 {"grad_bits", &run->grad_bits},
                                  {"cut", &run->cut},
                                  {"seed", &run->seed},
                                  {"lora_rank", &run->lora_rank},

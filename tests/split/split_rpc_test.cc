@@ -309,6 +309,46 @@ TEST(SplitServer, BadMessagesGetClearErrorsAndOtherSessionsKeepTraining) {
   EXPECT_EQ((*good)->next_step(), 4);
 }
 
+// grad_codec amaq: the server learns the gradients' own widths (budget grad_bits, here 3, while the
+// activations are fixed 4-bit), spends exactly that budget once its schedule has reached it, reports
+// its noise against uniform widths, and the session still learns. A budget outside [2, 8] is refused.
+TEST(SplitServer, GradientsWithTheirOwnGatesSpendTheirBudgetAndTheSessionLearns) {
+  Running r = StartServer("lm", "fixed");
+  SplitClientOptions o = ClientOptions(r, "lm", "fixed");
+  o.split.grad_codec = "amaq";
+  o.split.grad_bits = 3;
+  constexpr int kSteps = 24;
+  o.total_steps = kSteps;
+  auto c = SplitClient::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  double first = 0, last = 0;
+  StepReport rep;
+  for (int step = 0; step < kSteps; ++step) {
+    auto got = (*c)->Train(TextBatch("lm", step));
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    rep = *got;
+    EXPECT_DOUBLE_EQ(rep.up.code_bits_per_value, 4.0) << step;  // the activations keep their fixed width
+    if (step == 0) {
+      EXPECT_DOUBLE_EQ(rep.down.code_bits_per_value, 8.0);  // the schedule starts at 8
+    }
+    if (step < 3) first += rep.loss / 3;
+    if (step >= kSteps - 3) last += rep.loss / 3;
+  }
+  EXPECT_DOUBLE_EQ(rep.down.code_bits_per_value, 3.0);  // after the schedule: the budget, to the bit
+  EXPECT_LT(rep.grad_noise_vs_uniform, 1.0);            // mixed widths, by the gates' own estimate
+  EXPECT_LT(last, first);
+  ASSERT_TRUE((*c)->Finish(false, "").ok());
+
+  RawStream bad(r.address);
+  v1::SplitClientMessage h = Hello();
+  h.mutable_hello()->set_grad_codec("amaq");
+  h.mutable_hello()->set_grad_bits(9);
+  bad.stream->Write(h);
+  const grpc::Status s = bad.Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("grad_bits"), std::string::npos) << s.error_message();
+}
+
 TEST(SplitServer, ThreeClientsTrainAtOnceWithTheirOwnSessions) {
   Running r = StartServer("lm", "amaq");
   constexpr int kClients = 3, kSteps = 16;
