@@ -83,7 +83,7 @@ class SplitClient::Impl {
     h->set_num_classes(options_.num_classes);
     h->set_act_codec(s.codec);
     h->set_bits(s.bits);
-    h->set_grad_codec(s.grad_codec);
+    h->set_grad_codec(ResolveGradCodec(s.grad_codec, s.codec));
     h->set_grad_bits(s.grad_bits);
     h->set_grad_rounding(s.grad_rounding);
     h->set_lora_rank(s.lora_rank);

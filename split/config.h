@@ -10,6 +10,12 @@ namespace lowband::split {
 
 // split.grad_bits as used: 0 means the activations' bits.
 inline int ResolveGradBits(int grad_bits, int bits) { return grad_bits > 0 ? grad_bits : bits; }
+// split.grad_codec as used: "auto" means the gradients' own gates for AMAQ activations and the
+// activations' map (fixed width, or fp32) for the other codecs.
+inline std::string ResolveGradCodec(const std::string& grad_codec, const std::string& codec) {
+  if (grad_codec != "auto") return grad_codec;
+  return codec == "amaq" ? "amaq" : "follow";
+}
 
 struct SplitConfig {
   // The base model: a lowband checkpoint directory (its LATEST, or one ckpt-* directory) or a
@@ -36,9 +42,10 @@ struct SplitConfig {
   int bits = 4;
   // Backward (dL/dX): "follow" (the activations' bit map; fp32 when codec is fp32), "fixed"
   // (grad_bits for every channel), "amaq" (the gradients' own gates on the server, learned like the
-  // activations' with the same schedule and controller settings, budget grad_bits; split/amaq.h) or
-  // "fp32".
-  std::string grad_codec = "follow";
+  // activations' with the same schedule and controller settings, budget grad_bits; split/amaq.h),
+  // "fp32", or "auto" (ResolveGradCodec: amaq for AMAQ activations, follow otherwise; the client sends
+  // the resolved choice).
+  std::string grad_codec = "auto";
   // Bits of fixed gradients, or the budget of amaq gradients; 0 = the same as `bits`.
   int grad_bits = 0;
   // Rounding of the gradients: "stochastic" (unbiased) or "nearest". Activations always round to

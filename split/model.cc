@@ -66,13 +66,13 @@ Status ValidateSplitConfig(const SplitConfig& s, const worker::ModelConfig& m) {
   LOWBAND_ASSIGN_OR_RETURN(const CutCodec codec, ParseCutCodec(s.codec));
   if (codec != CutCodec::kFp32 && (s.bits < 2 || s.bits > 8))
     return InvalidArgument("split.bits must be in [2, 8], got " + std::to_string(s.bits));
-  if (s.grad_codec != "follow" && s.grad_codec != "fixed" && s.grad_codec != "amaq" &&
-      s.grad_codec != "fp32") {
-    return InvalidArgument("split.grad_codec: expected follow, fixed, amaq or fp32, got '" + s.grad_codec +
-                           "'");
+  const std::string grads = ResolveGradCodec(s.grad_codec, s.codec);
+  if (grads != "follow" && grads != "fixed" && grads != "amaq" && grads != "fp32") {
+    return InvalidArgument("split.grad_codec: expected auto, follow, fixed, amaq or fp32, got '" +
+                           s.grad_codec + "'");
   }
   if (const int gb = ResolveGradBits(s.grad_bits, s.bits);
-      s.grad_bits < 0 || ((s.grad_codec == "fixed" || s.grad_codec == "amaq") && (gb < 2 || gb > 8))) {
+      s.grad_bits < 0 || ((grads == "fixed" || grads == "amaq") && (gb < 2 || gb > 8))) {
     return InvalidArgument("split.grad_bits must be 0 (= split.bits) or in [2, 8], got " +
                            std::to_string(s.grad_bits));
   }

@@ -175,7 +175,7 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
     SplitConfig split = options_.split;
     split.codec = h.act_codec();
     split.bits = h.bits();
-    split.grad_codec = h.grad_codec();
+    split.grad_codec = ResolveGradCodec(h.grad_codec(), h.act_codec());
     split.grad_bits = h.grad_bits();
     split.grad_rounding = h.grad_rounding();
     split.lora_rank = h.lora_rank();
@@ -196,6 +196,7 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
     opt.grad_clip = h.grad_clip();
     auto session = std::make_shared<Session>();
     session->hello = h;
+    session->hello.set_grad_codec(split.grad_codec);  // resolved: Step reads it
     LoraSpec lora{h.lora_rank(), h.lora_alpha(), h.lora_modules()};
     auto half = ServerHalf::Create(*base_, split, h.num_classes(), lora, ServerSeed(h.seed()));
     if (!half.ok()) return Error(grpc::StatusCode::INVALID_ARGUMENT, half.status().message());

@@ -136,7 +136,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   comm::RunClock clock;
   int64_t bytes_up = 0, bytes_down = 0, bitmap_up = 0, bitmap_down = 0, examples = 0, values = 0;
   comm::RunningMean bits_up, bits_down, loss_window, acc_window;
-  const bool grad_gates = c.split.grad_codec == "amaq";
+  const bool grad_gates = split::ResolveGradCodec(c.split.grad_codec, c.split.codec) == "amaq";
   double grad_noise_vs_uniform = 1;
   nlohmann::json eval_curve = nlohmann::json::array(), bits_curve = nlohmann::json::array();
   const auto& eval_batches = (*data)->EvalBatches();
@@ -224,7 +224,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"task", c.split.task},
       {"codec", c.split.codec},
       {"bits", c.split.bits},
-      {"grad_codec", c.split.grad_codec},
+      {"grad_codec", split::ResolveGradCodec(c.split.grad_codec, c.split.codec)},
       {"cut", c.split.cut},
       {"lora_rank", c.split.lora_rank},
       {"seed", c.seed},

@@ -256,12 +256,13 @@ std::vector<double> PairedDeltas(const std::vector<SplitRun>& runs, const SeedGr
   return out;
 }
 
-// How a run's gradients are coded, up to what makes two runs comparable: "follow" and "amaq" both
-// spend the activations' budget on the gradients (fixed b-bit's gradients are fixed b-bit; AMAQ's own
-// gates learn b-bit mixed widths), so AMAQ with either is set against fixed b-bit.
+// How a run's gradients are coded, up to what makes two runs comparable: gradients that follow the
+// activations' map, are fixed at the activations' width or learn their own widths at that budget all
+// spend the activations' budget, so AMAQ with any of them is set against fixed b-bit.
 std::string GradsAtTheBudget(const SplitRun& r) {
+  const bool same_bits = !r.grad_bits || *r.grad_bits == 0 || r.grad_bits == r.bits;
   const bool at_budget =
-      r.grad_codec == "follow" || (r.grad_codec == "amaq" && (!r.grad_bits || r.grad_bits == r.bits));
+      r.grad_codec == "follow" || ((r.grad_codec == "amaq" || r.grad_codec == "fixed") && same_bits);
   return at_budget ? std::string("budget") : r.grad_codec;
 }
 

@@ -10,8 +10,9 @@
 # 3. `lowband report` per task: OUT/report-{spam,lm}/report.md with the table and plots.
 # Layout: OUT/runs/<task>-<codec> (client run dirs), OUT/logs, OUT/servers (server adapters).
 # Environment: BASE (skip pretraining), PRETRAIN_STEPS (600), SPAM_STEPS (300), LM_STEPS (150), CODECS
-# (CODEC:BITS[:GRADS], GRADS a split.grad_codec, "follow" when left out: amaq:4:amaq = AMAQ activations
-# at a 4-bit budget with the gradients' own gates, run name <task>-amaq4-gamaq),
+# (CODEC:BITS[:GRADS], GRADS a split.grad_codec, the config's "auto" when left out: amaq:4 = AMAQ at a
+# 4-bit budget with the gradients' own gates, amaq:4:follow = gradients on the activations' bit map,
+# run name <task>-amaq4-gfollow),
 # TASKS ("spam lm"), SEEDS (client seeds, "1"; with several, every codec runs once per seed as
 # <task>-<codec>-s<seed> and the report adds mean, spread and per-seed paired differences),
 # EXTRA (more split-client flags, e.g. "--eval-every 1000" for one evaluation at the end).
@@ -61,12 +62,12 @@ run_task() {  # task config steps
       [ "$codec" = fp32 ] && bits=4
       local name=$task-$codec${bits:+$bits}
       [ "$codec" = fp32 ] && name=$task-fp32
-      [ -n "$grads" ] && name=$name-g$grads
-      grads=${grads:-follow}
+      local grad_flags=()
+      [ -n "$grads" ] && name=$name-g$grads && grad_flags=(--grad-codec "$grads")
       [ ${#seeds[@]} -gt 1 ] && name=$name-s$seed
       echo "== $name (log: $OUT/logs/$name.log)"
       "$BIN" split-client --config "$config" --base "$BASE" --server "127.0.0.1:$(cat "$port")" \
-        --split-codec "$codec" --bits "$bits" --grad-codec "$grads" --steps "$steps" --seed "$seed" --name "$name" \
+        --split-codec "$codec" --bits "$bits" "${grad_flags[@]}" --steps "$steps" --seed "$seed" --name "$name" \
         --out "$OUT/runs/$name" --set run.name="$name" "${extra[@]}" > "$OUT/logs/$name.log" 2>&1 ||
         { tail -20 "$OUT/logs/$name.log"; exit 1; }
       grep -E "^split-client" "$OUT/logs/$name.log"

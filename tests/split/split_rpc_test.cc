@@ -339,6 +339,26 @@ TEST(SplitServer, GradientsWithTheirOwnGatesSpendTheirBudgetAndTheSessionLearns)
   EXPECT_LT(last, first);
   ASSERT_TRUE((*c)->Finish(false, "").ok());
 
+  // grad_codec auto (the default) gives AMAQ activations their gradients' own gates: with a 3-bit
+  // gradient budget under 4-bit activations the gradients end at 3.0 bits; following the activations'
+  // map they end at the activations' 4.0.
+  for (const std::string grads : {"auto", "follow"}) {
+    SplitClientOptions a = ClientOptions(r, "lm", "amaq");
+    a.split.grad_codec = grads;
+    a.split.grad_bits = 3;
+    a.total_steps = kSteps;
+    auto ac = SplitClient::Connect(a);
+    ASSERT_TRUE(ac.ok()) << ac.status().ToString();
+    for (int step = 0; step < kSteps; ++step) {
+      auto got = (*ac)->Train(TextBatch("lm", step));
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      rep = *got;
+    }
+    EXPECT_DOUBLE_EQ(rep.up.code_bits_per_value, 4.0) << grads;
+    EXPECT_DOUBLE_EQ(rep.down.code_bits_per_value, grads == "auto" ? 3.0 : 4.0) << grads;
+    ASSERT_TRUE((*ac)->Finish(false, "").ok());
+  }
+
   RawStream bad(r.address);
   v1::SplitClientMessage h = Hello();
   h.mutable_hello()->set_grad_codec("amaq");

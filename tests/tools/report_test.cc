@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -656,6 +657,19 @@ TEST_F(ReportTest, SplitRunsOfSeveralSeedsArePairedBySeed) {
       options.runs.push_back(MakeSplitRun(root_ / fmt::format("spam-{}-s{}", codec, seed), summary));
     }
   }
+  // AMAQ with the gradients' own gates at the budget (90/92/93: +2, +1, +1 against fixed) is paired
+  // with fixed 4-bit too; own gates at another budget (3 bits) are not comparable and are not paired.
+  for (const auto& [grad_bits, accs] :
+       {std::pair<int, std::array<double, 3>>{4, {0.90, 0.92, 0.93}}, {3, {0.80, 0.80, 0.80}}}) {
+    for (int seed = 1; seed <= 3; ++seed) {
+      json summary = SplitSummary("amaq", 4, accs[static_cast<size_t>(seed - 1)], 17000, 7.7);
+      summary["seed"] = seed;
+      summary["grad_codec"] = "amaq";
+      summary["grad_bits"] = grad_bits;
+      options.runs.push_back(
+          MakeSplitRun(root_ / fmt::format("spam-amaq-gamaq{}-s{}", grad_bits, seed), summary));
+    }
+  }
   options.out = root_ / "seeds-report";
   options.gnuplot = "";
   auto result = WriteReport(options);
@@ -670,11 +684,15 @@ TEST_F(ReportTest, SplitRunsOfSeveralSeedsArePairedBySeed) {
   EXPECT_THAT(
       md, HasSubstr(
               "| classify | amaq 4-bit budget | fixed 4-bit | 3 | +0.67 ± 1.53 pt | 0.88 pt | 2 / 0 / 1 |"));
+  EXPECT_THAT(md,
+              HasSubstr("| classify | amaq 4-bit budget, grads amaq | fixed 4-bit | 3 | +1.33 ± 0.58 pt |"));
+  EXPECT_THAT(md, HasSubstr("amaq 4-bit budget, grads amaq 3-bit"));
   const json& seeds = result->table["seeds"];
-  ASSERT_EQ(seeds["groups"].size(), 3u);
+  ASSERT_EQ(seeds["groups"].size(), 5u);
   EXPECT_NEAR(seeds["groups"][2]["metric_mean"].get<double>(), 91.0, 1e-9);
   EXPECT_NEAR(seeds["groups"][2]["delta_vs_fp32_mean"].get<double>(), -1.0, 1e-9);
-  ASSERT_EQ(seeds["amaq_vs_fixed"].size(), 1u);
+  ASSERT_EQ(seeds["amaq_vs_fixed"].size(), 2u);
+  EXPECT_NEAR(seeds["amaq_vs_fixed"][1]["delta_mean"].get<double>(), 4.0 / 3, 1e-9);
   EXPECT_NEAR(seeds["amaq_vs_fixed"][0]["delta_mean"].get<double>(), 2.0 / 3, 1e-9);
   EXPECT_EQ(seeds["amaq_vs_fixed"][0]["amaq_better"], 2);
   EXPECT_EQ(seeds["amaq_vs_fixed"][0]["amaq_worse"], 1);
