@@ -18,6 +18,12 @@ constexpr double kFourBitLevels = 15.0;
 
 double Sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
+// max - min over the rows of each channel of t (float [rows, channels], any device), in double on the
+// host. The extremes are picked in t's own precision (exact) and only the C of them are converted.
+torch::Tensor ChannelRange(const torch::Tensor& t) {
+  return t.amax(0).to(torch::kCPU, torch::kDouble) - t.amin(0).to(torch::kCPU, torch::kDouble);
+}
+
 }  // namespace
 
 StatusOr<CutCodec> ParseCutCodec(const std::string& name) {
@@ -131,23 +137,27 @@ Status BitAllocator::Update(int64_t step, const torch::Tensor& x, const torch::T
     return t.defined() && t.dim() == 2 && t.size(1) == channels_ && t.size(0) == x.size(0) &&
            t.scalar_type() == torch::kFloat;
   };
-  if (!x.defined() || !shape_ok(x) || !shape_ok(xhat) || !shape_ok(g)) {
-    return InvalidArgument("BitAllocator::Update: x, xhat and g must be float [rows, " +
-                           std::to_string(channels_) + "]");
+  if (!x.defined() || !shape_ok(x) || (needs_decoded() && !shape_ok(xhat)) || !shape_ok(g)) {
+    return InvalidArgument(std::string("BitAllocator::Update: x, ") + (needs_decoded() ? "xhat " : "") +
+                           "and g must be float [rows, " + std::to_string(channels_) + "]");
   }
   return worker::GuardTorch("BitAllocator::Update", [&]() -> Status {
     torch::NoGradGuard no_grad;
     // On the host in double (the statistics are read through data_ptr below), whatever device x is on.
-    const torch::Tensor xd = x.to(torch::kCPU, torch::kDouble), xh = xhat.to(torch::kCPU, torch::kDouble),
-                        gd = g.to(torch::kCPU, torch::kDouble);
-    // Per channel: sum_t G (x^ - x), and the importance sample sum_t G^2 * range^2.
-    const torch::Tensor task_dot = (gd * (xh - xd)).sum(0).contiguous();
-    const torch::Tensor range = std::get<0>(xd.max(0)) - std::get<0>(xd.min(0));
+    const torch::Tensor gd = g.to(torch::kCPU, torch::kDouble);
+    // Per channel: the importance sample sum_t G^2 * range^2 and, for "sample", sum_t G (x^ - x).
+    const torch::Tensor range = ChannelRange(x);
     const torch::Tensor sample = ((gd * gd).sum(0) * range * range).contiguous();
-    if (!std::isfinite(task_dot.sum().item<double>()) || !std::isfinite(sample.sum().item<double>())) {
+    torch::Tensor task_dot;
+    if (needs_decoded()) {
+      task_dot = (gd * (xhat.to(torch::kCPU, torch::kDouble) - x.to(torch::kCPU, torch::kDouble))).sum(0);
+      task_dot = task_dot.contiguous();
+    }
+    if (!std::isfinite(sample.sum().item<double>()) ||
+        (task_dot.defined() && !std::isfinite(task_dot.sum().item<double>()))) {
       return InvalidArgument("BitAllocator::Update: non-finite gradient");
     }
-    Learn(step, sample.data_ptr<double>(), task_dot.data_ptr<double>());
+    Learn(step, sample.data_ptr<double>(), task_dot.defined() ? task_dot.data_ptr<double>() : nullptr);
     return Status::Ok();
   });
 }
@@ -165,8 +175,7 @@ Status BitAllocator::UpdateFromGradient(int64_t step, const torch::Tensor& g) {
   }
   return worker::GuardTorch("BitAllocator::UpdateFromGradient", [&]() -> Status {
     torch::NoGradGuard no_grad;
-    const torch::Tensor gd = g.to(torch::kCPU, torch::kDouble);
-    const torch::Tensor range = std::get<0>(gd.max(0)) - std::get<0>(gd.min(0));
+    const torch::Tensor range = ChannelRange(g);
     const torch::Tensor sample = (range * range * static_cast<double>(g.size(0))).contiguous();
     if (!std::isfinite(sample.sum().item<double>())) {
       return InvalidArgument("BitAllocator::UpdateFromGradient: non-finite gradient");

@@ -90,8 +90,11 @@ class BitAllocator {
   // Continuous bit widths b_c (for logs and tests).
   std::vector<double> continuous_bits() const;
 
-  // Learns from training step `step`: x (sent), xhat (decoded by the server) and g (dL/dxhat), all
-  // float [rows, channels] on the CPU. A no-op for fp32 and fixed.
+  // Whether Update reads xhat: only the "sample" bit gradient does. Otherwise the caller need not decode
+  // its own payload, and xhat may be undefined.
+  bool needs_decoded() const { return codec_ == CutCodec::kAmaq && !expected_gradient_; }
+  // Learns from training step `step`: x (sent), xhat (decoded by the server; see needs_decoded()) and
+  // g (dL/dxhat), all float [rows, channels]. A no-op for fp32 and fixed.
   [[nodiscard]] Status Update(int64_t step, const torch::Tensor& x, const torch::Tensor& xhat,
                               const torch::Tensor& g);
   // Learns from step `step`'s gradient g (float [rows, channels], any device) alone: the gradients' own

@@ -200,9 +200,9 @@ class SplitClient::Impl {
     const int64_t B = x.size(0), T = x.size(1);
     v1::SplitClientMessage msg;
     LOWBAND_RETURN_IF_ERROR(BuildForward(batch, x2d, B, T, /*train=*/true, &msg, &rep.up));
-    // What the server will decode: the allocator learns from it (AMAQ only; the other codecs do not learn).
+    // What the server will decode, when the allocator's "sample" estimate learns from it.
     torch::Tensor xhat;
-    if (allocator_->codec() == CutCodec::kAmaq) {
+    if (allocator_->needs_decoded()) {
       xhat = torch::empty_like(x2d);
       const auto& p = msg.forward().activations();
       LOWBAND_RETURN_IF_ERROR(quant::DecodeAmaq({reinterpret_cast<const uint8_t*>(p.data()), p.size()},
@@ -244,7 +244,7 @@ class SplitClient::Impl {
       return Status::Ok();
     }));
     LOWBAND_RETURN_IF_ERROR(optimizer_->ApplyStep());
-    if (xhat.defined()) LOWBAND_RETURN_IF_ERROR(allocator_->Update(next_step_, x2d, xhat, g.values));
+    LOWBAND_RETURN_IF_ERROR(allocator_->Update(next_step_, x2d, xhat, g.values));  // no-op unless AMAQ
     ++next_step_;
     rep.loss = back->loss();
     if (back->grad_noise_vs_uniform() > 0) rep.grad_noise_vs_uniform = back->grad_noise_vs_uniform();

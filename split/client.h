@@ -3,7 +3,8 @@
 // Per training step: forward through Embed + Blocks[0, cut) with the client's LoRA adapters, encode
 // the cut activations X with AMAQ (the BitAllocator's bits), send them with the targets, receive the
 // loss and dL/dX^ (AMAQ), backpropagate it into the adapters (straight-through: X gets dL/dX^), step
-// AdamW, and let the allocator learn from (X, X^, dL/dX^). Evaluation sends activations only.
+// AdamW, and let the allocator learn from X and dL/dX^ (and X^, which only its "sample" estimate reads).
+// Evaluation sends activations only.
 //
 // The connection: one gRPC bidi stream (SplitLearning.Train) with keepalive, so a dead server is
 // noticed. When the stream breaks (UNAVAILABLE, a reset), the client reconnects with resume_session

@@ -195,9 +195,8 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       log->Write(j);
       bits_curve.push_back({{"step", step + 1}, {"mean_bits", stats.mean_bits}, {"target", stats.target}});
       spdlog::info(
-          "step {}/{}  loss {:.4f}{}  bits up {:.2f} (target {:.0f}{}) down {:.2f}{}  {}/example  {:.1f} "
-          "ex/s  "
-          "ETA {:.0f}s",
+          "step {}/{}  loss {:.4f}{}  bits up {:.2f} (target {:.0f}{}) down {:.2f}{}  {}/example  "
+          "{:.1f} ex/s  ETA {:.0f}s",
           step + 1, c.steps, loss_window.Get(),
           classify ? fmt::format("  acc {:.1f}%", 100 * acc_window.Get()) : std::string(),
           r->up.code_bits_per_value, stats.target,

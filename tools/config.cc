@@ -182,9 +182,8 @@ const std::vector<Binding>& Bindings() {
       LB_FIELD("split.codec", split.codec, "what crosses the cut: fp32 | fixed | amaq", {"--split-codec"}),
       LB_FIELD("split.bits", split.bits, "fixed: bits per value; amaq: the budget (mean bits)", {"--bits"}),
       LB_FIELD("split.grad_codec", split.grad_codec,
-               "gradients: auto (amaq's own gates for amaq, else follow) | follow (the activations' bits) | "
-               "fixed | "
-               "amaq | fp32",
+               "gradients: auto (amaq for amaq, else follow) | follow (the activations' bits) | fixed | "
+               "amaq (own gates) | fp32",
                {"--grad-codec"}),
       LB_FIELD("split.grad_bits", split.grad_bits,
                "fixed gradients: bits; amaq gradients: the budget; 0 = split.bits", {"--grad-bits"}),

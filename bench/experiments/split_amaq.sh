@@ -59,9 +59,8 @@ run_task() {  # task config steps
     for spec in $CODECS; do
       local codec bits grads
       IFS=: read -r codec bits grads <<<"$spec"
-      [ "$codec" = fp32 ] && bits=4
-      local name=$task-$codec${bits:+$bits}
-      [ "$codec" = fp32 ] && name=$task-fp32
+      local name=$task-$codec
+      if [ "$codec" = fp32 ]; then bits=4; else name=$name$bits; fi
       local grad_flags=()
       [ -n "$grads" ] && name=$name-g$grads && grad_flags=(--grad-codec "$grads")
       [ ${#seeds[@]} -gt 1 ] && name=$name-s$seed

@@ -293,6 +293,35 @@ TEST(BitAllocator, MeanBitsFollowTheTargetSchedule) {
   }
 }
 
+TEST(BitAllocator, OnlyTheSampleEstimateReadsTheDecodedActivations) {
+  // The expected estimate learns from x and g alone: without xhat it must reach exactly the widths it
+  // reaches with it (so the client need not decode its own payload); the sample estimate needs xhat.
+  torch::manual_seed(7);
+  SplitConfig cfg;
+  cfg.bits = 3;
+  auto with = BitAllocator::Create(CutCodec::kAmaq, 16, cfg, 40);
+  auto without = BitAllocator::Create(CutCodec::kAmaq, 16, cfg, 40);
+  ASSERT_TRUE(with.ok() && without.ok());
+  EXPECT_FALSE(with->needs_decoded());
+  const torch::Tensor scale = torch::exp(torch::randn({16}));
+  for (int64_t t = 0; t < 40; ++t) {
+    const torch::Tensor x = torch::randn({64, 16}) * scale, g = torch::randn({64, 16}) * scale;
+    ASSERT_TRUE(with->Update(t, x, x + 0.01 * torch::randn({64, 16}), g).ok());
+    ASSERT_TRUE(without->Update(t, x, torch::Tensor(), g).ok());
+  }
+  EXPECT_EQ(with->continuous_bits(), without->continuous_bits());
+  EXPECT_EQ(with->bits(), without->bits());
+  EXPECT_NE(with->bits(), std::vector<uint8_t>(16, 3));  // it did learn mixed widths
+  cfg.bit_gradient = "sample";
+  auto sample = BitAllocator::Create(CutCodec::kAmaq, 16, cfg, 40);
+  ASSERT_TRUE(sample.ok());
+  EXPECT_TRUE(sample->needs_decoded());
+  const torch::Tensor x = torch::randn({64, 16});
+  const Status s = sample->Update(0, x, torch::Tensor(), torch::randn({64, 16}));
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("xhat"), std::string::npos) << s.message();
+}
+
 TEST(BitAllocator, BaselinesKeepTheirBitsAndRejectBadSettings) {
   SplitConfig cfg;
   cfg.bits = 4;
