@@ -230,10 +230,21 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-StatusOr<std::unique_ptr<Codec>> Codec::Create() {
+StatusOr<std::unique_ptr<Codec>> Codec::Create(int device) {
   LOWBAND_RETURN_IF_ERROR(Available());
   auto impl = std::make_unique<Impl>();
-  LOWBAND_CUDA_RETURN_IF_ERROR(cudaGetDevice(&impl->device), "cudaGetDevice");
+  if (device < 0) {
+    LOWBAND_CUDA_RETURN_IF_ERROR(cudaGetDevice(&impl->device), "cudaGetDevice");
+  } else {
+    int count = 0;
+    LOWBAND_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    if (device >= count) {
+      return InvalidArgument("CUDA device " + std::to_string(device) + " does not exist (this process sees " +
+                             std::to_string(count) + "); check CUDA_VISIBLE_DEVICES and the model's device");
+    }
+    impl->device = device;
+  }
+  DeviceGuard guard(impl->device);  // the stream and buffers belong to the codec's device
   LOWBAND_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking),
                                "cudaStreamCreate");
   LOWBAND_ASSIGN_OR_RETURN(impl->error, DeviceBuffer::Allocate(sizeof(int)));
@@ -354,7 +365,7 @@ Status LaunchDecode(const CodecSpec&, const uint8_t*, const uint8_t*, uint64_t, 
   return NotBuilt();
 }
 struct Codec::Impl {};
-StatusOr<std::unique_ptr<Codec>> Codec::Create() { return NotBuilt(); }
+StatusOr<std::unique_ptr<Codec>> Codec::Create(int) { return NotBuilt(); }
 Codec::Codec(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Codec::~Codec() = default;
 void* Codec::stream() const { return nullptr; }

@@ -100,8 +100,9 @@ class PinnedBuffer {
 // A codec bound to one device, with its own stream and reusable staging buffers (grown on demand).
 class Codec {
  public:
-  // Fails (FailedPrecondition) when Available() does.
-  static StatusOr<std::unique_ptr<Codec>> Create();
+  // A codec for CUDA device `device` (-1: the calling thread's current device). Fails
+  // (FailedPrecondition) when Available() does, InvalidArgument for a device that does not exist.
+  static StatusOr<std::unique_ptr<Codec>> Create(int device = -1);
   ~Codec();
   Codec(const Codec&) = delete;
   Codec& operator=(const Codec&) = delete;

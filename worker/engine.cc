@@ -25,8 +25,10 @@
 #include "worker/collectives.h"
 #include "worker/data.h"
 #include "worker/exchange.h"
+#include "worker/fragment_codec.h"
 #include "worker/inner_optimizer.h"
 #include "worker/model.h"
+#include "worker/torch_runtime.h"
 
 namespace lowband::worker {
 namespace {
@@ -282,6 +284,10 @@ class StreamingWorker {
 
   Status Run() {
     LOWBAND_RETURN_IF_ERROR(trainer_.Setup());
+    const auto params = trainer_.model_->NamedParameters();
+    if (!params.empty()) device_ = params.front().second.device();
+    LOWBAND_ASSIGN_OR_RETURN(fcodec_, FragmentCodec::For(device_));
+    spdlog::info("fragments: global copies on {}, {}", device_.str(), fcodec_->path());
     if (o_.ranks > 1) {
       LOWBAND_ASSIGN_OR_RETURN(
           site_, DataParallelGroup::Create({o_.site_store, o_.rank, o_.ranks, o_.collective_timeout,
@@ -406,8 +412,7 @@ class StreamingWorker {
     // g in signature order, then the parameters: rank 0's become everyone's.
     CopyParamsTo(*trainer_.model_, &theta_);
     std::vector<float> global(leader() ? theta_.size() : 0);
-    for (uint32_t p = 0; leader() && p < g_.size(); ++p)
-      LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, g_[p], global));
+    if (leader()) LOWBAND_RETURN_IF_ERROR(ScatterGlobal(global));
     LOWBAND_RETURN_IF_ERROR(site_->Broadcast(&global));
     if (global.size() != theta_.size()) {
       return DataLoss(
@@ -415,10 +420,7 @@ class StreamingWorker {
                       "every rank of a site with the same model config",
                       global.size(), theta_.size()));
     }
-    for (uint32_t p = 0; !leader() && p < g_.size(); ++p) {
-      g_[p].resize(layout_->element_count(p));
-      LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, global, g_[p]));
-    }
+    for (uint32_t p = 0; !leader() && p < g_.size(); ++p) LOWBAND_RETURN_IF_ERROR(GatherGlobal(p, global));
     LOWBAND_RETURN_IF_ERROR(site_->BroadcastParameters(*trainer_.model_));
     CopyParamsTo(*trainer_.model_, &theta_);
     if (!leader()) {
@@ -433,7 +435,10 @@ class StreamingWorker {
   Status CheckSite(int64_t step) {
     CopyParamsTo(*trainer_.model_, &theta_);
     uint32_t g_crc = 0;
-    for (const auto& g : g_) g_crc = g_crc * 0x9E3779B1u + comm::CrcOfFloats(g);
+    for (uint32_t p = 0; p < g_.size(); ++p) {
+      LOWBAND_ASSIGN_OR_RETURN(const uint32_t crc, GlobalCrc(p));
+      g_crc = g_crc * 0x9E3779B1u + crc;
+    }
     const uint64_t digest = (uint64_t{comm::CrcOfFloats(theta_)} << 32) | g_crc;
     LOWBAND_RETURN_IF_ERROR(
         site_->CheckIdentical(digest, fmt::format("parameters or global copy after step {}", step)));
@@ -473,10 +478,7 @@ class StreamingWorker {
     if (reply_.must_seed) {
       LOWBAND_ASSIGN_OR_RETURN(have_state, client_->SeedState(seed));
       if (have_state) {
-        for (uint32_t p = 0; p < P; ++p) {
-          g_[p].resize(layout_->element_count(p));
-          LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, seed, g_[p]));
-        }
+        for (uint32_t p = 0; p < P; ++p) LOWBAND_RETURN_IF_ERROR(GatherGlobal(p, seed));
         spdlog::info("seeded the global state ({} values)", seed.size());
       }
     }
@@ -485,20 +487,23 @@ class StreamingWorker {
       if (state.fragments.size() != P) return DataLoss("bootstrap carried the wrong number of fragments");
       for (uint32_t p = 0; p < P; ++p) {
         if (resumed_global_.empty()) LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, state.fragments[p], theta_));
-        g_[p] = std::move(state.fragments[p]);
+        LOWBAND_RETURN_IF_ERROR(SetGlobal(p, state.fragments[p]));
       }
       next_round_ = state.open_rounds;
       // A resumed worker keeps its own replica (theta) and takes only g from the coordinator.
       if (resumed_global_.empty()) LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, theta_));
       spdlog::info("bootstrapped the global state ({} values)", theta_.size());
     }
-    for (uint32_t p = 0; p < P; ++p) {
+    for (uint32_t p = 0; o_.error_feedback && p < P; ++p) {
+      const size_t n = layout_->element_count(p);
       auto it = resumed_residuals_.find(p);
-      if (o_.error_feedback) {
-        residual_[p] = it != resumed_residuals_.end() && it->second.size() == g_[p].size()
-                           ? std::move(it->second)
-                           : std::vector<float>(g_[p].size(), 0.0f);
-      }
+      const std::vector<float> residual = it != resumed_residuals_.end() && it->second.size() == n
+                                              ? std::move(it->second)
+                                              : std::vector<float>(n, 0.0f);
+      LOWBAND_RETURN_IF_ERROR(GuardTorch("error-feedback residual", [&]() -> Status {
+        residual_[p] = ToDevice(residual, device_);
+        return Status::Ok();
+      }));
     }
     return Status::Ok();
   }
@@ -557,9 +562,14 @@ class StreamingWorker {
     CheckpointExtras extras;
     // g in signature order (one vector, so a resumed run may use another fragment layout).
     std::vector<float> global(theta_.size());
-    for (uint32_t p = 0; p < g_.size(); ++p) {
-      LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, g_[p], global));
-      if (o_.error_feedback && leader()) extras.vectors["residual." + std::to_string(p)] = residual_[p];
+    LOWBAND_RETURN_IF_ERROR(ScatterGlobal(global));
+    for (uint32_t p = 0; o_.error_feedback && leader() && p < residual_.size(); ++p) {
+      LOWBAND_RETURN_IF_ERROR(GuardTorch("checkpoint residual", [&]() -> Status {
+        const torch::Tensor host = OnHost(residual_[p]);
+        const std::span<const float> r = FloatsOf(host);
+        extras.vectors["residual." + std::to_string(p)].assign(r.begin(), r.end());
+        return Status::Ok();
+      }));
     }
     extras.vectors["global"] = std::move(global);
     return SaveWorkerCheckpoint(o_, trainer_, step, std::move(extras));
@@ -575,24 +585,23 @@ class StreamingWorker {
       pending_[p] = {true, round, t + static_cast<int64_t>(schedule_->overlap())};
       if (!leader()) continue;  // the site's leader sends; the other ranks wait for the update with it
       const auto encode_start = RunClock::Clock::now();
-      // Only fragment p's tensors leave the model (and the device): the cost is the fragment's size.
-      std::vector<float>& delta = scratch_;
-      delta.resize(g_[p].size());
-      LOWBAND_RETURN_IF_ERROR(CopyParamsTo(*trainer_.model_, layout_->fragment(p).tensors, delta));
-      for (size_t i = 0; i < delta.size(); ++i) delta[i] = g_[p][i] - delta[i];
+      // The outer gradient g_p - theta_p is formed and encoded where the model is: on a GPU only the
+      // payload crosses to the host (fragment_codec.h). The cost is the fragment's size.
+      LOWBAND_ASSIGN_OR_RETURN(const torch::Tensor theta_p,
+                               FlatParams(*trainer_.model_, layout_->fragment(p).tensors));
+      torch::Tensor delta;
+      LOWBAND_RETURN_IF_ERROR(GuardTorch("outer gradient", [&]() -> Status {
+        delta = g_[p] - theta_p;
+        return Status::Ok();
+      }));
       quant::CodecSpec spec = reply_.upload_codec;
       spec.seed = MessageSeed(o_.seed, reply_.worker_id, p, round);
-      std::vector<uint8_t> payload;
-      if (o_.error_feedback) {
-        LOWBAND_RETURN_IF_ERROR(quant::EncodeWithFeedback(spec, delta, residual_[p], &payload)
-                                    .WithContext(fmt::format("encoding fragment {} at step {}", p, t)));
-      } else {
-        auto enc = quant::Encode(spec, delta);
-        if (!enc.ok()) return enc.status().WithContext(fmt::format("encoding fragment {} at step {}", p, t));
-        payload = std::move(*enc);
-      }
-      bytes_encoded_ += payload.size();
-      exchanger_->Send(p, round, std::move(payload));
+      auto payload = o_.error_feedback ? fcodec_->EncodeWithFeedback(spec, delta, residual_[p])
+                                       : fcodec_->Encode(spec, delta);
+      if (!payload.ok())
+        return payload.status().WithContext(fmt::format("encoding fragment {} at step {}", p, t));
+      bytes_encoded_ += payload->size();
+      exchanger_->Send(p, round, std::move(*payload));
       encode_.Add(RunClock::Since(encode_start));
     }
     return Status::Ok();
@@ -630,7 +639,7 @@ class StreamingWorker {
     pending_[p].active = false;
     // g_p -= dec(update), exactly as the coordinator did; then theta_p = alpha theta_p + (1-alpha) g_p.
     const auto apply_start = RunClock::Clock::now();
-    LOWBAND_RETURN_IF_ERROR(comm::ApplyOuterUpdate(**got, g_[p], scratch_)
+    LOWBAND_RETURN_IF_ERROR(fcodec_->ApplyOuterUpdate(**got, g_[p])
                                 .WithContext(fmt::format("update of fragment {} round {}", p, pend.round)));
     LOWBAND_RETURN_IF_ERROR(Merge(p));
     apply_.Add(RunClock::Since(apply_start));
@@ -645,26 +654,63 @@ class StreamingWorker {
     spdlog::warn("fragment {}: {}; taking the fragment's global state from the coordinator", p,
                  why.message());
     LOWBAND_ASSIGN_OR_RETURN(comm::GlobalState state, client_->Bootstrap());
-    if (p >= state.fragments.size() || state.fragments[p].size() != g_[p].size()) {
-      return DataLoss(
-          fmt::format("bootstrap for resync carried no fragment {} of {} values", p, g_[p].size()));
+    const size_t n = layout_->element_count(p);
+    if (p >= state.fragments.size() || state.fragments[p].size() != n) {
+      return DataLoss(fmt::format("bootstrap for resync carried no fragment {} of {} values", p, n));
     }
-    g_[p] = std::move(state.fragments[p]);
+    LOWBAND_RETURN_IF_ERROR(SetGlobal(p, state.fragments[p]));
     next_round_[p] = state.open_rounds[p];
-    if (o_.error_feedback) std::fill(residual_[p].begin(), residual_[p].end(), 0.0f);
+    if (o_.error_feedback) {
+      LOWBAND_RETURN_IF_ERROR(GuardTorch("error-feedback residual", [&]() -> Status {
+        residual_[p].zero_();
+        return Status::Ok();
+      }));
+    }
     ++resyncs_;
     return Status::Ok();
   }
 
   // theta_p = alpha theta_p + (1 - alpha) g_p.
+  // On the model's device, one IEEE rounding per product and per sum, as the host loop it replaces.
   Status Merge(uint32_t p) {
     const std::vector<uint32_t>& tensors = layout_->fragment(p).tensors;
-    std::vector<float>& local = scratch_;
-    local.resize(g_[p].size());
-    LOWBAND_RETURN_IF_ERROR(CopyParamsTo(*trainer_.model_, tensors, local));
+    LOWBAND_ASSIGN_OR_RETURN(torch::Tensor local, FlatParams(*trainer_.model_, tensors));
     const float a = reply_.mixing_alpha, b = 1.0f - reply_.mixing_alpha;
-    for (size_t i = 0; i < local.size(); ++i) local[i] = a * local[i] + b * g_[p][i];
-    return CopyParamsFrom(*trainer_.model_, tensors, local);
+    LOWBAND_RETURN_IF_ERROR(GuardTorch("merge", [&]() -> Status {
+      local.mul_(a).add_(g_[p] * b);
+      return Status::Ok();
+    }));
+    return SetFlatParams(*trainer_.model_, tensors, local);
+  }
+
+  // Fragment p's global copy, from host values, on the model's device.
+  Status SetGlobal(uint32_t p, std::span<const float> values) {
+    return GuardTorch("global copy", [&]() -> Status {
+      g_[p] = ToDevice(values, device_);
+      return Status::Ok();
+    });
+  }
+  // The same, gathered from every parameter's values in signature order.
+  Status GatherGlobal(uint32_t p, std::span<const float> all) {
+    std::vector<float> values(layout_->element_count(p));
+    LOWBAND_RETURN_IF_ERROR(layout_->Gather(p, all, values));
+    return SetGlobal(p, values);
+  }
+  // Writes every fragment's global copy into its place in `all` (signature order).
+  Status ScatterGlobal(std::span<float> all) {
+    return GuardTorch("global copy", [&]() -> Status {
+      for (uint32_t p = 0; p < g_.size(); ++p) {
+        const torch::Tensor host = OnHost(g_[p]);
+        LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, FloatsOf(host), all));
+      }
+      return Status::Ok();
+    });
+  }
+  StatusOr<uint32_t> GlobalCrc(uint32_t p) {
+    return GuardTorch("global copy", [&]() -> StatusOr<uint32_t> {
+      const torch::Tensor host = OnHost(g_[p]);
+      return comm::CrcOfFloats(FloatsOf(host));
+    });
   }
 
   // The site's leader passes what it got for a round (nothing yet, the encoded update, an error,
@@ -674,10 +720,14 @@ class StreamingWorker {
     std::vector<uint8_t> msg;
     if (leader()) {
       if (*resynced) {
-        msg.resize(1 + sizeof(uint64_t) + g_[p].size() * sizeof(float));
+        LOWBAND_ASSIGN_OR_RETURN(
+            const torch::Tensor host,
+            GuardTorch("global copy", [&]() -> StatusOr<torch::Tensor> { return OnHost(g_[p]); }));
+        const std::span<const float> g = FloatsOf(host);
+        msg.resize(1 + sizeof(uint64_t) + g.size_bytes());
         msg[0] = kResync;
         std::memcpy(msg.data() + 1, &next_round_[p], sizeof(uint64_t));
-        std::memcpy(msg.data() + 1 + sizeof(uint64_t), g_[p].data(), g_[p].size() * sizeof(float));
+        std::memcpy(msg.data() + 1 + sizeof(uint64_t), g.data(), g.size_bytes());
       } else if (!got->has_value()) {
         msg = {kNotYet};
       } else if (!(*got)->ok()) {
@@ -694,10 +744,12 @@ class StreamingWorker {
     if (leader()) return Status::Ok();
     if (msg.empty() || msg[0] > kResync) return DataLoss("the site leader sent a malformed update message");
     if (msg[0] == kResync) {
-      if (msg.size() != 1 + sizeof(uint64_t) + g_[p].size() * sizeof(float))
+      std::vector<float> g(layout_->element_count(p));
+      if (msg.size() != 1 + sizeof(uint64_t) + g.size() * sizeof(float))
         return DataLoss("the site leader's resync message has the wrong size");
       std::memcpy(&next_round_[p], msg.data() + 1, sizeof(uint64_t));
-      std::memcpy(g_[p].data(), msg.data() + 1 + sizeof(uint64_t), g_[p].size() * sizeof(float));
+      std::memcpy(g.data(), msg.data() + 1 + sizeof(uint64_t), g.size() * sizeof(float));
+      LOWBAND_RETURN_IF_ERROR(SetGlobal(p, g));
       *resynced = true;
     } else if (msg[0] == kNotYet) {
       got->reset();
@@ -713,7 +765,7 @@ class StreamingWorker {
   Status Evaluate(int64_t step) {
     CopyParamsTo(*trainer_.model_, &theta_);
     std::vector<float> global = theta_;
-    for (uint32_t p = 0; p < g_.size(); ++p) LOWBAND_RETURN_IF_ERROR(layout_->Scatter(p, g_[p], global));
+    LOWBAND_RETURN_IF_ERROR(ScatterGlobal(global));
     LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, global));
     auto r = trainer_.EvaluateModel();
     LOWBAND_RETURN_IF_ERROR(CopyParamsFrom(*trainer_.model_, theta_));
@@ -744,8 +796,12 @@ class StreamingWorker {
     r["alpha"] = reply_.mixing_alpha;
     r["error_feedback"] = o_.error_feedback;
     nlohmann::json crcs = nlohmann::json::array();
-    for (const auto& g : g_) crcs.push_back(comm::CrcOfFloats(g));
+    for (uint32_t p = 0; p < g_.size(); ++p) {
+      LOWBAND_ASSIGN_OR_RETURN(const uint32_t crc, GlobalCrc(p));
+      crcs.push_back(crc);
+    }
     r["global_crc"] = crcs;
+    r["fragment_codec"] = fcodec_->path();
     r["rounds_sent"] = next_round_;
     r["resyncs"] = resyncs_;
     // Training-thread seconds of the exchange that are neither compute nor stall, per sync (the
@@ -793,8 +849,11 @@ class StreamingWorker {
   comm::JoinReply reply_;
   std::optional<comm::FragmentSchedule> schedule_;
   std::optional<comm::FragmentLayout> layout_;
-  std::vector<std::vector<float>> g_, residual_;
-  std::vector<float> theta_, scratch_;
+  torch::Device device_{torch::kCPU};  // the model's: where g, the residuals and the merge live
+  std::unique_ptr<FragmentCodec> fcodec_;
+  // Per fragment: the global copy g_p and, with error feedback (leader only), the residual.
+  std::vector<torch::Tensor> g_, residual_;
+  std::vector<float> theta_;
   std::vector<float> resumed_global_;  // from the checkpoint, when resuming
   std::map<uint32_t, std::vector<float>> resumed_residuals_;
   std::vector<Pending> pending_;

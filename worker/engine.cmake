@@ -5,6 +5,9 @@ if(NOT TARGET lowband::proto)
   return()
 endif()
 target_sources(lowband_worker PRIVATE ${CMAKE_CURRENT_LIST_DIR}/engine.cc ${CMAKE_CURRENT_LIST_DIR}/collectives.cc
-                                      ${CMAKE_CURRENT_LIST_DIR}/exchange.cc)
-target_link_libraries(lowband_worker PUBLIC lowband::comm lowband::quant PRIVATE spdlog::spdlog fmt::fmt)
+                                      ${CMAKE_CURRENT_LIST_DIR}/exchange.cc ${CMAKE_CURRENT_LIST_DIR}/fragment_codec.cc)
+# quant_cuda is always a target: without CUDA its calls report FailedPrecondition and the fragment codec
+# falls back to the CPU codec.
+target_link_libraries(lowband_worker PUBLIC lowband::comm lowband::quant PRIVATE lowband::quant_cuda spdlog::spdlog
+                                                                                  fmt::fmt)
 target_compile_definitions(lowband_worker PUBLIC LOWBAND_HAVE_ENGINE=1)

@@ -668,4 +668,42 @@ Status CopyParamsFrom(Model& model, std::span<const uint32_t> tensors, std::span
   });
 }
 
+StatusOr<torch::Tensor> FlatParams(Model& model, std::span<const uint32_t> tensors) {
+  const auto params = model.NamedParameters();
+  int64_t total = 0;
+  for (uint32_t i : tensors) total += i < params.size() ? params[i].second.numel() : 0;
+  LOWBAND_ASSIGN_OR_RETURN(auto selected,
+                           SelectParams(model, tensors, static_cast<size_t>(total), "FlatParams"));
+  torch::Tensor flat;
+  LOWBAND_RETURN_IF_ERROR(GuardTorch("FlatParams", [&]() -> Status {
+    torch::NoGradGuard no_grad;
+    const torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().second.device();
+    flat = torch::empty({total}, torch::TensorOptions().dtype(torch::kFloat).device(device));
+    int64_t at = 0;
+    for (const torch::Tensor& p : selected) {
+      flat.narrow(0, at, p.numel()).view(p.sizes()).copy_(p.detach());
+      at += p.numel();
+    }
+    return Status::Ok();
+  }));
+  return flat;
+}
+
+Status SetFlatParams(Model& model, std::span<const uint32_t> tensors, const torch::Tensor& flat) {
+  if (!flat.defined() || flat.dim() != 1 || flat.scalar_type() != torch::kFloat) {
+    return InvalidArgument("SetFlatParams: expected a 1-D fp32 tensor (as FlatParams returns)");
+  }
+  LOWBAND_ASSIGN_OR_RETURN(auto selected,
+                           SelectParams(model, tensors, static_cast<size_t>(flat.numel()), "SetFlatParams"));
+  return GuardTorch("SetFlatParams", [&]() -> Status {
+    torch::NoGradGuard no_grad;
+    int64_t at = 0;
+    for (torch::Tensor& p : selected) {
+      p.copy_(flat.narrow(0, at, p.numel()).view(p.sizes()));
+      at += p.numel();
+    }
+    return Status::Ok();
+  });
+}
+
 }  // namespace lowband::worker

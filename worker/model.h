@@ -172,4 +172,12 @@ void CopyParamsTo(Model& model, std::vector<float>* flat);
 [[nodiscard]] Status CopyParamsFrom(Model& model, std::span<const uint32_t> tensors,
                                     std::span<const float> flat);
 
+// The same subset as one contiguous 1-D fp32 tensor on the model's device (a copy), and its inverse,
+// which writes such a tensor (on any device) back into those parameters in place. These keep a
+// fragment where the model is: on a GPU nothing crosses to the host. `flat` must hold exactly the
+// subset's elements; an index out of range or a wrong length is refused and nothing is written.
+[[nodiscard]] StatusOr<torch::Tensor> FlatParams(Model& model, std::span<const uint32_t> tensors);
+[[nodiscard]] Status SetFlatParams(Model& model, std::span<const uint32_t> tensors,
+                                   const torch::Tensor& flat);
+
 }  // namespace lowband::worker

@@ -317,6 +317,57 @@ TEST_F(WorkerModelTest, FragmentCopiesTouchOnlyTheirTensorsAndMatchTheFlatView) 
   EXPECT_TRUE(BitIdentical(Flat(*b), fb2));
 }
 
+TEST_F(WorkerModelTest, FlatFragmentTensorsMatchTheCopiesAndWriteBackInPlace) {
+  auto a = Make(TinyGpt(), 1);
+  auto b = Make(TinyGpt(), 2);
+  ASSERT_TRUE(a && b);
+  const auto info = Describe(*a);
+  const std::vector<uint32_t> tensors = {0, 2, 3, static_cast<uint32_t>(info.size() - 1)};
+  size_t n = 0;
+  for (uint32_t i : tensors) n += static_cast<size_t>(info[i].numel);
+  // Reading: the same values, in the same order, as the host copy of the subset.
+  auto flat = FlatParams(*a, tensors);
+  ASSERT_TRUE(flat.ok()) << flat.status().message();
+  ASSERT_EQ(flat->dim(), 1);
+  ASSERT_EQ(flat->numel(), static_cast<int64_t>(n));
+  EXPECT_EQ(flat->device(), a->NamedParameters().front().second.device());
+  std::vector<float> part(n);
+  ASSERT_TRUE(CopyParamsTo(*a, tensors, part).ok());
+  EXPECT_EQ(std::memcmp(flat->data_ptr<float>(), part.data(), n * sizeof(float)), 0);
+  // It is a copy: changing it leaves the model alone.
+  const auto fa = Flat(*a);
+  flat->add_(1.0f);
+  EXPECT_TRUE(BitIdentical(Flat(*a), fa));
+  // Writing: b's subset becomes exactly these values, in place (the parameter tensors are the same
+  // objects, so optimizer state stays attached); the other tensors keep theirs.
+  const void* before = b->NamedParameters()[tensors[0]].second.data_ptr();
+  const auto fb = Flat(*b);
+  ASSERT_TRUE(SetFlatParams(*b, tensors, *flat).ok());
+  EXPECT_EQ(b->NamedParameters()[tensors[0]].second.data_ptr(), before);
+  std::vector<float> got(n);
+  ASSERT_TRUE(CopyParamsTo(*b, tensors, got).ok());
+  EXPECT_EQ(std::memcmp(got.data(), flat->data_ptr<float>(), n * sizeof(float)), 0);
+  const auto fb2 = Flat(*b);
+  for (uint32_t i = 1; i + 1 < info.size(); ++i) {
+    if (i == 2 || i == 3) continue;
+    EXPECT_EQ(std::memcmp(fb2.data() + info[i].offset, fb.data() + info[i].offset,
+                          static_cast<size_t>(info[i].numel) * sizeof(float)),
+              0)
+        << info[i].name;
+  }
+  // A wrong length, a wrong shape or dtype, or an index out of range is refused and writes nothing.
+  Status s = SetFlatParams(*b, tensors, flat->narrow(0, 0, static_cast<int64_t>(n) - 1));
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find(std::to_string(n)), std::string::npos) << s.message();
+  EXPECT_EQ(SetFlatParams(*b, tensors, flat->to(torch::kDouble)).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(SetFlatParams(*b, tensors, flat->view({1, -1})).code(), StatusCode::kInvalidArgument);
+  const std::vector<uint32_t> bad = {0, static_cast<uint32_t>(info.size())};
+  s = FlatParams(*b, bad).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("out of range"), std::string::npos) << s.message();
+  EXPECT_TRUE(BitIdentical(Flat(*b), fb2));
+}
+
 TEST_F(WorkerModelTest, InvalidConfigsAreRejectedWithReasons) {
   ModelConfig c = TinyGpt();
   c.n_heads = 5;
