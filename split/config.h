@@ -16,6 +16,11 @@ inline std::string ResolveGradCodec(const std::string& grad_codec, const std::st
   if (grad_codec != "auto") return grad_codec;
   return codec == "amaq" ? "amaq" : "follow";
 }
+// Whether a resolved gradient codec has a width of its own (split.grad_bits): fixed gradients and
+// their own gates do; "follow" takes the activations' map and fp32 has none.
+inline bool GradBitsApply(const std::string& resolved_grad_codec) {
+  return resolved_grad_codec == "fixed" || resolved_grad_codec == "amaq";
+}
 
 struct SplitConfig {
   // The base model: a lowband checkpoint directory (its LATEST, or one ckpt-* directory) or a

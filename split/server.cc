@@ -384,17 +384,19 @@ class SplitServer::Impl final : public v1::SplitLearning::Service {
       if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
     }
     const std::string dir = (std::filesystem::path(options_.split.out) / "sessions" / name).string();
-    LOWBAND_RETURN_IF_ERROR(SaveAdapterFiles(dir, "server", session.half->NamedParameters(),
-                                             {{"blocks", {options_.split.cut, options_.model.n_layers}},
-                                              {"task", options_.split.task},
-                                              {"num_classes", h.num_classes()},
-                                              {"r", h.lora_rank()},
-                                              {"lora_alpha", h.lora_alpha()},
-                                              {"modules", h.lora_modules()},
-                                              {"base", options_.split.base},
-                                              {"steps", session.next_step},
-                                              {"act_codec", h.act_codec()},
-                                              {"bits", h.bits()}}));
+    nlohmann::ordered_json fields = {{"blocks", {options_.split.cut, options_.model.n_layers}},
+                                     {"task", options_.split.task},
+                                     {"num_classes", h.num_classes()},
+                                     {"r", h.lora_rank()},
+                                     {"lora_alpha", h.lora_alpha()},
+                                     {"modules", h.lora_modules()},
+                                     {"base", options_.split.base},
+                                     {"steps", session.next_step},
+                                     {"act_codec", h.act_codec()},
+                                     {"bits", h.bits()},
+                                     {"grad_codec", h.grad_codec()}};  // resolved when the session opened
+    if (GradBitsApply(h.grad_codec())) fields["grad_bits"] = ResolveGradBits(h.grad_bits(), h.bits());
+    LOWBAND_RETURN_IF_ERROR(SaveAdapterFiles(dir, "server", session.half->NamedParameters(), fields));
     return dir;
   }
 

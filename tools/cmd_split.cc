@@ -238,7 +238,6 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"final_bits_histogram", stats.histogram},
       {"final_noise_vs_uniform", stats.noise_vs_uniform},
       {"final_grad_noise_vs_uniform", grad_noise_vs_uniform},
-      {"grad_bits", split::ResolveGradBits(c.split.grad_bits, c.split.bits)},
       {"bytes_up", bytes_up},
       {"bytes_down", bytes_down},
       {"bitmap_bytes_up", bitmap_up},
@@ -252,6 +251,9 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"wall_seconds", clock.Elapsed()},
       {"server_adapters", *saved},
       {"client_adapters", f.no_save ? "" : f.out + "/adapters"}};
+  if (const std::string gc = split::ResolveGradCodec(c.split.grad_codec, c.split.codec);
+      split::GradBitsApply(gc))
+    summary["grad_bits"] = split::ResolveGradBits(c.split.grad_bits, c.split.bits);
   if (final_eval.accuracy) summary["final_accuracy"] = *final_eval.accuracy;
   if (c.split.task == "lm") summary["final_perplexity"] = std::exp(final_eval.loss);
   Ok(comm::WriteJsonFile(f.out + "/summary.json", summary));

@@ -104,6 +104,19 @@ TEST_F(SplitProcessTest, TwoClientsFineTuneOverMutualTlsAndBothSidesSaveAdapters
   const auto s0 = nlohmann::json::parse(f0), s1 = nlohmann::json::parse(f1);
   EXPECT_NEAR(s0.at("bits_curve").back().at("mean_bits").get<double>(), 4.0, 0.75);
   EXPECT_EQ(s1.at("mean_bits_up").get<double>(), 8.0);
+  // Both sides record the gradient codec as used: the AMAQ client's gradients have their own 4-bit
+  // gates (auto); the fixed client's follow its 8-bit map, so no gradient width of their own is written.
+  EXPECT_EQ(s0.at("grad_codec"), "amaq");
+  EXPECT_EQ(s0.at("grad_bits"), 4);
+  EXPECT_EQ(s1.at("grad_codec"), "follow");
+  EXPECT_FALSE(s1.contains("grad_bits"));
+  for (const auto& [name, codec] : {std::pair<std::string, std::string>{"c0", "amaq"}, {"c1", "follow"}}) {
+    std::ifstream meta(dir_ / "server" / "sessions" / name / "adapter_config.json");
+    ASSERT_TRUE(meta.good()) << name;
+    const auto m = nlohmann::json::parse(meta);
+    EXPECT_EQ(m.at("grad_codec"), codec) << name;
+    EXPECT_EQ(m.contains("grad_bits"), codec == "amaq") << name;
+  }
 
   // Another cut than the server's, and a missing base model: clear errors, non-zero exit.
   auto [rc2, out2] = Shell(Client(port, "bad", "--set split.cut=2 --no-save"));
