@@ -1,5 +1,6 @@
 // `lowband coordinator`, `lowband worker` and `lowband launch`: a training run's processes.
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -220,12 +221,96 @@ struct WorkerFlags {
   std::string site_store;
   int64_t checkpoint_every = 0;
   bool resume = false;
+  // Given on the command line (or through LOWBAND_RANK): torchrun's environment does not override them.
+  bool rank_given = false, worker_id_given = false, workers_given = false;
 };
 
 #if defined(LOWBAND_HAVE_ENGINE)
-void RunWorkerCommand(const RunConfig& c, const WorkerFlags& f) {
-  Check(worker::ConfigureTorchThreads({c.threads, 1}));
+// What torchrun tells the processes it starts (`torchrun --no-python lowband worker ...`).
+struct TorchrunEnv {
+  int rank = 0;
+  int world = 1;
+  std::string store;         // MASTER_ADDR:MASTER_PORT
+  bool agent_store = false;  // TORCHELASTIC_USE_AGENT_STORE=True: torchrun's agent hosts the store
+  std::string prefix;        // keys of this attempt: a restarted job never reads the last one's
+};
+
+// torchrun's environment when TORCHELASTIC_RUN_ID (which torchrun always sets) is present; a missing or
+// malformed variable then is an error naming it.
+std::optional<TorchrunEnv> FromTorchrun() {
+  if (std::getenv("TORCHELASTIC_RUN_ID") == nullptr) return std::nullopt;
+  const auto text = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') {
+      throw CommandError(
+          fmt::format("started by torchrun (TORCHELASTIC_RUN_ID is set) but {} is not set: start "
+                      "lowband with `torchrun --no-python lowband worker ...`, or unset "
+                      "TORCHELASTIC_RUN_ID and pass --rank and --site-store",
+                      name),
+          2);
+    }
+    return v;
+  };
+  const auto number = [&](const char* name) -> int {
+    const std::string v = text(name);
+    size_t used = 0;
+    int n = -1;
+    try {
+      n = std::stoi(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != v.size() || n < 0) {
+      throw CommandError(fmt::format("{}='{}' (from torchrun) is not a non-negative integer", name, v), 2);
+    }
+    return n;
+  };
+  TorchrunEnv t;
+  t.rank = number("RANK");
+  t.world = number("WORLD_SIZE");
+  const int port = number("MASTER_PORT");
+  t.store = fmt::format("{}:{}", text("MASTER_ADDR"), port);
+  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  t.agent_store = agent != nullptr && std::string_view(agent) == "True";
+  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  t.prefix = fmt::format("/lowband/attempt_{}", restarts != nullptr ? restarts : "0");
+  return t;
+}
+
+// Under torchrun, its processes are one site's ranks (streaming, diloco) or the ddp world, and its
+// store is their group's store. Explicit flags win; a --ranks that disagrees with WORLD_SIZE is refused.
+void ApplyTorchrun(RunConfig& c, WorkerFlags& f, worker::EngineOptions& e) {
+  const std::optional<TorchrunEnv> t = FromTorchrun();
+  if (!t) return;
+  std::string& store = c.algo == "ddp" ? f.ddp_store : f.site_store;
+  if (c.algo == "ddp") {
+    if (!f.worker_id_given) f.worker_id = t->rank;
+    if (!f.workers_given) f.workers = t->world;
+  } else {
+    if (!f.rank_given) f.rank = t->rank;
+    if (c.site.ranks == 1) {
+      c.site.ranks = t->world;
+    } else if (c.site.ranks != t->world) {
+      throw CommandError(
+          fmt::format("--ranks {} but torchrun started {} processes (WORLD_SIZE): one torchrun job "
+                      "is one site; drop --ranks or start {} processes per site",
+                      c.site.ranks, t->world, c.site.ranks),
+          2);
+    }
+  }
+  if (store.empty()) {
+    store = t->store;
+    e.external_store = t->agent_store;
+    e.store_prefix = t->prefix;
+  }
+  spdlog::info("torchrun: {} {} of {}, store {}{}", c.algo == "ddp" ? "ddp rank" : "site rank",
+               c.algo == "ddp" ? f.worker_id : f.rank, t->world, store,
+               e.external_store ? " (hosted by torchrun's agent)" : "");
+}
+
+void RunWorkerCommand(RunConfig c, WorkerFlags f) {
   worker::EngineOptions e;
+  ApplyTorchrun(c, f, e);
   e.algo = c.algo;
   e.steps = c.steps;
   e.eval_every = c.eval_every;
@@ -333,7 +418,9 @@ void RegisterTraining(CLI::App& app) {
     cmd->add_option("--name", f->name, "Name shown by the coordinator");
     cmd->add_option("--rank", f->rank,
                     "This process's rank in its site (a worker of --ranks R processes; rank 0 talks to the "
-                    "coordinator)")
+                    "coordinator). Under `torchrun --no-python lowband worker`, RANK, WORLD_SIZE and "
+                    "MASTER_ADDR:MASTER_PORT give the rank, --ranks and --site-store (ddp: --worker-id, "
+                    "--workers, --ddp-store)")
         ->envname("LOWBAND_RANK")
         ->capture_default_str();
     cmd->add_option("--site-store", f->site_store,
@@ -343,8 +430,11 @@ void RegisterTraining(CLI::App& app) {
     cmd->add_option("--checkpoint-every", f->checkpoint_every,
                     "Save a worker checkpoint every N steps (and at the end)");
     cmd->add_flag("--resume", f->resume, "Continue from the latest checkpoint in RUN/checkpoints/worker-N");
-    cmd->callback([flags, f] {
+    cmd->callback([flags, f, cmd] {
 #if defined(LOWBAND_HAVE_ENGINE)
+      f->rank_given = cmd->count("--rank") > 0;
+      f->worker_id_given = cmd->count("--worker-id") > 0;
+      f->workers_given = cmd->count("--workers") > 0;
       RunWorkerCommand(Resolve(*flags), *f);
 #else
       throw CommandError("this build has no LibTorch or no gRPC: run deploy/install-deps.sh and rebuild");
@@ -392,6 +482,8 @@ void RegisterTraining(CLI::App& app) {
         "run at equal speed");
     cmd->callback([flags, o] {
       RunConfig c = Resolve(*flags);
+      // launch gives every process its rank and store itself: a torchrun around it must not reach them.
+      ::unsetenv("TORCHELASTIC_RUN_ID");
       if (c.run.name == "run") c.run.name = std::filesystem::path(o->out).filename().string();
       o->self = SelfPath();
       auto summary = Launch(c, *o);

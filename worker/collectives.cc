@@ -203,11 +203,13 @@ StatusOr<std::unique_ptr<DataParallelGroup>> DataParallelGroup::Create(const Gro
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(port);
-    so.isServer = o.rank == 0;
+    so.isServer = o.rank == 0 && !o.external_store;
     so.numWorkers = static_cast<size_t>(o.size);
-    so.waitWorkers = true;
+    so.waitWorkers = true;  // a client counts itself in; the host waits for numWorkers
     so.timeout = rendezvous;
     impl->store = c10::make_intrusive<c10d::TCPStore>(host, so);
+    if (!o.store_prefix.empty())
+      impl->store = c10::make_intrusive<c10d::PrefixStore>(o.store_prefix, impl->store);
     // Gloo's own timeout bounds every collective (Work::wait does not) and the connection of the ranks
     // to each other, which starts once all have reached the store.
     auto opts = c10d::ProcessGroupGloo::Options::create(o.timeout);

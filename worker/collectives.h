@@ -69,6 +69,12 @@ struct GroupOptions {
   // CUDA build (LOWBAND_TORCH_CUDA) run the parameter collectives through NCCL on it; every rank of a
   // group must name the same kind of device.
   std::string device = "cpu";
+  // The store is hosted by someone else, as torchrun's agent hosts it (TORCHELASTIC_USE_AGENT_STORE):
+  // every rank, rank 0 included, connects to it as a client.
+  bool external_store = false;
+  // Keys go under this prefix ("" for none): torchrun's workers use "/worker/attempt_<restart count>",
+  // so that a restarted group never reads the keys of the attempt before it.
+  std::string store_prefix = "";
 };
 
 // This process's local rank: $LOCAL_RANK when set to a number >= 0, otherwise `fallback`.

@@ -290,9 +290,10 @@ class StreamingWorker {
     spdlog::info("fragments: global copies on {}, {}", device_.str(), fcodec_->path());
     if (o_.ranks > 1) {
       LOWBAND_ASSIGN_OR_RETURN(
-          site_, DataParallelGroup::Create({o_.site_store, o_.rank, o_.ranks, o_.collective_timeout,
-                                            fmt::format("site {}", o_.worker_index), o_.start_timeout,
-                                            trainer_.model_->config().device}));
+          site_,
+          DataParallelGroup::Create({o_.site_store, o_.rank, o_.ranks, o_.collective_timeout,
+                                     fmt::format("site {}", o_.worker_index), o_.start_timeout,
+                                     trainer_.model_->config().device, o_.external_store, o_.store_prefix}));
     }
     int64_t start = 0;
     if (o_.resume) {
@@ -894,7 +895,8 @@ class DdpWorker {
     LOWBAND_ASSIGN_OR_RETURN(
         reducer_,
         DataParallelGroup::Create({o_.store_address, o_.worker_index, o_.num_workers, o_.collective_timeout,
-                                   "ddp", o_.start_timeout, trainer_.model_->config().device}));
+                                   "ddp", o_.start_timeout, trainer_.model_->config().device,
+                                   o_.external_store, o_.store_prefix}));
     // Every rank starts from rank 0's parameters (they are equal by seed; this makes it a fact).
     LOWBAND_RETURN_IF_ERROR(reducer_->BroadcastParameters(*trainer_.model_));
     trainer_.BeginTraining();

@@ -72,6 +72,10 @@ struct EngineOptions {
   std::string site_store;
   // Compare every rank's parameters and global copy (CRC32C digests) every N steps; 0: at the end only.
   int64_t site_check_every = 0;
+  // The store of the site (or of ddp) is hosted outside lowband, e.g. by torchrun's agent: every rank
+  // connects as a client, with keys under store_prefix (collectives.h GroupOptions).
+  bool external_store = false;
+  std::string store_prefix = "";
 
   // --- Outputs.
   std::string metrics_path;  // JSONL, "" for none

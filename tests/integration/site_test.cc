@@ -143,6 +143,60 @@ TEST_F(SiteTest, ATwoRankSiteTrainsLikeOneRankWithTheDoubleBatch) {
   }
 }
 
+// `torchrun --no-python --nproc-per-node 2 lowband worker ...`: the ranks take their rank, the site's
+// size and its store from torchrun's environment (here set by hand, as torchrun sets it when rank 0
+// hosts the store), and the site trains with identical ranks. Malformed or missing variables are
+// refused by name.
+TEST_F(SiteTest, ASiteStartedByTorchrunTakesRankSizeAndStoreFromItsEnvironment) {
+  const fs::path run = dir_ / "torchrun";
+  fs::create_directories(run);
+  const std::string flags = Flags() + " --steps 16 --batch-size 8 --data-eval-batches 2";
+  Background coordinator(fmt::format("{} coordinator {} --listen 127.0.0.1:0 --port-file {} --out {}", Bin(),
+                                     flags, (run / "port").string(), run.string()),
+                         (run / "coordinator.log").string());
+  const int port = testing::ReadPortFile((run / "port").string());
+  ASSERT_GT(port, 0) << ReadText((run / "coordinator.log").string());
+  const int store_port = comm::FreeLoopbackPort();
+  const auto env = [&](int rank) {
+    return fmt::format(
+        "TORCHELASTIC_RUN_ID=it RANK={} LOCAL_RANK={} WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT={} "
+        "TORCHELASTIC_RESTART_COUNT=0",
+        rank, rank, store_port);
+  };
+  const auto worker = [&](int rank) {
+    return fmt::format("env {} {} worker {} --coordinator 127.0.0.1:{} --worker-id 0 --workers 1 --out {}",
+                       env(rank), Bin(), flags, port, run.string());
+  };
+  auto [rc, out] = Shell(fmt::format("{} & {} || exit 1; wait $!", worker(1), worker(0)));
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("torchrun: site rank 0 of 2, store 127.0.0.1:" + std::to_string(store_port)),
+            std::string::npos)
+      << out;
+  const auto leader = ReadJson((run / "metrics" / "worker-0-result.json").string());
+  const auto other = ReadJson((run / "metrics" / "worker-0-rank-1-result.json").string());
+  EXPECT_EQ(leader["ranks"].get<int>(), 2);
+  EXPECT_EQ(other["rank"].get<int>(), 1);
+  EXPECT_EQ(other["params_crc"], leader["params_crc"]);
+  EXPECT_EQ(other["global_crc"], leader["global_crc"]);
+
+  // A missing variable, a malformed one, and --ranks that disagrees with WORLD_SIZE.
+  const std::string plain =
+      fmt::format("{} worker {} --coordinator 127.0.0.1:{} --worker-id 0 --workers 1", Bin(), flags, port);
+  auto [rc1, out1] =
+      Shell("env TORCHELASTIC_RUN_ID=it WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 " + plain);
+  EXPECT_EQ(rc1, 2) << out1;
+  EXPECT_NE(out1.find("RANK is not set"), std::string::npos) << out1;
+  auto [rc2, out2] =
+      Shell("env TORCHELASTIC_RUN_ID=it RANK=x WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 " + plain);
+  EXPECT_EQ(rc2, 2) << out2;
+  EXPECT_NE(out2.find("RANK='x'"), std::string::npos) << out2;
+  auto [rc3, out3] = Shell("env " + env(0) + " " + plain + " --ranks 3");
+  EXPECT_EQ(rc3, 2) << out3;
+  EXPECT_NE(out3.find("--ranks 3 but torchrun started 2 processes"), std::string::npos) << out3;
+  coordinator.Signal(SIGTERM);
+  coordinator.Wait(std::chrono::seconds(30));
+}
+
 TEST_F(SiteTest, ARankThatDiesOrHangsMakesItsSiteFailWithAClearError) {
   const std::string flags =
       Flags() + " --steps 100000 --batch-size 8 --data-eval-batches 2 --ranks 2 --set site.timeout_s=5";

@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "comm/ports.h"
 #include "worker/model.h"
@@ -194,6 +195,44 @@ TEST(DataParallelGroupTest, BroadcastGivesEveryRankRankZerosValuesAndBytes) {
     ASSERT_TRUE(g.Broadcast(&value).ok());
     EXPECT_EQ(value, -123456789012345) << "rank " << g.rank();
   });
+}
+
+// torchrun's agent store: the store is hosted outside the group (here by the test, as torchrun's agent
+// hosts it), every rank connects as a client, and each attempt's keys live under their own prefix. A
+// rank 0 that tried to host the store itself could not bind the port the agent holds. A second attempt
+// of the group on the same store (a torchrun restart, keys of the first still there) forms again.
+TEST(DataParallelGroupTest, RanksJoinAStoreHostedByTorchrunsAgentUnderTheirAttemptsPrefix) {
+  const int port = comm::FreeLoopbackPort();
+  c10d::TCPStoreOptions agent_options;
+  agent_options.port = static_cast<uint16_t>(port);
+  agent_options.isServer = true;
+  agent_options.waitWorkers = false;
+  agent_options.timeout = std::chrono::seconds(30);
+  auto agent = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", agent_options);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const std::string prefix = "/lowband/attempt_" + std::to_string(attempt);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r) {
+      threads.emplace_back([&, r] {
+        GroupOptions o{"127.0.0.1:" + std::to_string(port), r, 2, std::chrono::seconds(30), "torchrun site"};
+        o.external_store = true;
+        o.store_prefix = prefix;
+        auto group = DataParallelGroup::Create(o);
+        ASSERT_TRUE(group.ok()) << "attempt " << attempt << ": " << group.status().ToString();
+        int64_t value = r == 0 ? 1000 + attempt : -1;
+        ASSERT_TRUE((*group)->Broadcast(&value).ok());
+        EXPECT_EQ(value, 1000 + attempt) << "rank " << r;
+      });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_GT(agent->getNumKeys(), 0);  // the group met in the agent's store
+  }
+  // Without external_store, rank 0 tries to host the store on the port the agent holds: a clear error.
+  GroupOptions host{"127.0.0.1:" + std::to_string(port), 0, 1, std::chrono::seconds(5), "torchrun site"};
+  host.rendezvous_timeout = std::chrono::seconds(5);
+  const auto refused = DataParallelGroup::Create(host);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("rendezvous"), std::string::npos) << refused.status().message();
 }
 
 TEST(DataParallelGroupTest, CheckIdenticalFailsOnEveryRankNamingTheRankThatDiffers) {
