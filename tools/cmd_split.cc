@@ -136,7 +136,8 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
   comm::RunClock clock;
   int64_t bytes_up = 0, bytes_down = 0, bitmap_up = 0, bitmap_down = 0, examples = 0, values = 0;
   comm::RunningMean bits_up, bits_down, loss_window, acc_window;
-  const bool grad_gates = split::ResolveGradCodec(c.split.grad_codec, c.split.codec) == "amaq";
+  const std::string grad_codec = split::ResolveGradCodec(c.split.grad_codec, c.split.codec);  // as used
+  const bool grad_gates = grad_codec == "amaq";
   double grad_noise_vs_uniform = 1;
   nlohmann::json eval_curve = nlohmann::json::array(), bits_curve = nlohmann::json::array();
   const auto& eval_batches = (*data)->EvalBatches();
@@ -223,7 +224,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"task", c.split.task},
       {"codec", c.split.codec},
       {"bits", c.split.bits},
-      {"grad_codec", split::ResolveGradCodec(c.split.grad_codec, c.split.codec)},
+      {"grad_codec", grad_codec},
       {"cut", c.split.cut},
       {"lora_rank", c.split.lora_rank},
       {"seed", c.seed},
@@ -251,8 +252,7 @@ void RunClient(const RunConfig& c, const ClientFlags& f) {
       {"wall_seconds", clock.Elapsed()},
       {"server_adapters", *saved},
       {"client_adapters", f.no_save ? "" : f.out + "/adapters"}};
-  if (const std::string gc = split::ResolveGradCodec(c.split.grad_codec, c.split.codec);
-      split::GradBitsApply(gc))
+  if (split::GradBitsApply(grad_codec))
     summary["grad_bits"] = split::ResolveGradBits(c.split.grad_bits, c.split.bits);
   if (final_eval.accuracy) summary["final_accuracy"] = *final_eval.accuracy;
   if (c.split.task == "lm") summary["final_perplexity"] = std::exp(final_eval.loss);

@@ -260,7 +260,8 @@ std::vector<double> PairedDeltas(const std::vector<SplitRun>& runs, const SeedGr
 // activations' map, are fixed at the activations' width or learn their own widths at that budget all
 // spend the activations' budget, so AMAQ with any of them is set against fixed b-bit.
 std::string GradsAtTheBudget(const SplitRun& r) {
-  const bool same_bits = !r.grad_bits || r.grad_bits == r.bits;  // summaries write the resolved width
+  // Summaries write the resolved width for fixed and amaq gradients and none for follow and fp32.
+  const bool same_bits = !r.grad_bits || r.grad_bits == r.bits;
   const bool at_budget =
       r.grad_codec == "follow" || ((r.grad_codec == "amaq" || r.grad_codec == "fixed") && same_bits);
   return at_budget ? std::string("budget") : r.grad_codec;

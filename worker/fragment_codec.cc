@@ -28,44 +28,33 @@ namespace {
 // codec).
 class HostFragmentCodec final : public FragmentCodec {
  public:
-  HostFragmentCodec(torch::Device device, std::string path)
-      : FragmentCodec(std::move(path)), device_(device) {}
+  HostFragmentCodec(torch::Device device, std::string path) : FragmentCodec(device, std::move(path)) {}
 
-  StatusOr<std::vector<uint8_t>> Encode(const quant::CodecSpec& spec, const torch::Tensor& x) override {
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(x, device_, "outer gradient"));
-    return GuardTorch("encode fragment", [&]() -> StatusOr<std::vector<uint8_t>> {
-      const torch::Tensor host = OnHost(x);
-      return quant::Encode(spec, FloatsOf(host));
-    });
+ protected:
+  StatusOr<std::vector<uint8_t>> DoEncode(const quant::CodecSpec& spec, const torch::Tensor& x) override {
+    const torch::Tensor host = OnHost(x);
+    return quant::Encode(spec, FloatsOf(host));
   }
 
-  StatusOr<std::vector<uint8_t>> EncodeWithFeedback(const quant::CodecSpec& spec, const torch::Tensor& x,
-                                                    torch::Tensor& residual) override {
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(x, device_, "outer gradient"));
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(residual, device_, "error-feedback residual"));
-    return GuardTorch("encode fragment with error feedback", [&]() -> StatusOr<std::vector<uint8_t>> {
-      const torch::Tensor host_x = OnHost(x);
-      torch::Tensor host_r = OnHost(residual);
-      std::vector<uint8_t> payload;
-      // On error quant::EncodeWithFeedback leaves the residual as it was.
-      LOWBAND_RETURN_IF_ERROR(quant::EncodeWithFeedback(spec, FloatsOf(host_x), FloatsOf(host_r), &payload));
-      if (!residual.is_cpu()) residual.copy_(host_r);
-      return payload;
-    });
+  StatusOr<std::vector<uint8_t>> DoEncodeWithFeedback(const quant::CodecSpec& spec, const torch::Tensor& x,
+                                                      torch::Tensor& residual) override {
+    const torch::Tensor host_x = OnHost(x);
+    torch::Tensor host_r = OnHost(residual);
+    std::vector<uint8_t> payload;
+    // On error quant::EncodeWithFeedback leaves the residual as it was.
+    LOWBAND_RETURN_IF_ERROR(quant::EncodeWithFeedback(spec, FloatsOf(host_x), FloatsOf(host_r), &payload));
+    if (!residual.is_cpu()) residual.copy_(host_r);
+    return payload;
   }
 
-  Status ApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g) override {
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(g, device_, "global fragment"));
-    return GuardTorch("apply outer update", [&]() -> Status {
-      torch::Tensor host = OnHost(g);
-      LOWBAND_RETURN_IF_ERROR(comm::ApplyOuterUpdate(payload, FloatsOf(host), scratch_));
-      if (!g.is_cpu()) g.copy_(host);
-      return Status::Ok();
-    });
+  Status DoApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g) override {
+    torch::Tensor host = OnHost(g);
+    LOWBAND_RETURN_IF_ERROR(comm::ApplyOuterUpdate(payload, FloatsOf(host), scratch_));
+    if (!g.is_cpu()) g.copy_(host);
+    return Status::Ok();
   }
 
  private:
-  torch::Device device_;
   std::vector<float> scratch_;
 };
 
@@ -76,60 +65,44 @@ class HostFragmentCodec final : public FragmentCodec {
 class GpuFragmentCodec final : public FragmentCodec {
  public:
   GpuFragmentCodec(torch::Device device, std::unique_ptr<quant::cuda::Codec> codec)
-      : FragmentCodec(fmt::format("gpu codec on {}", device.str())),
-        device_(device),
-        codec_(std::move(codec)) {}
+      : FragmentCodec(device, fmt::format("gpu codec on {}", device.str())), codec_(std::move(codec)) {}
 
-  StatusOr<std::vector<uint8_t>> Encode(const quant::CodecSpec& spec, const torch::Tensor& x) override {
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(x, device_, "outer gradient"));
-    return GuardTorch("encode fragment on the GPU", [&]() { return EncodeOnDevice(spec, x); });
+ protected:
+  StatusOr<std::vector<uint8_t>> DoEncode(const quant::CodecSpec& spec, const torch::Tensor& x) override {
+    return EncodeOnDevice(spec, x);
   }
 
-  StatusOr<std::vector<uint8_t>> EncodeWithFeedback(const quant::CodecSpec& spec, const torch::Tensor& x,
-                                                    torch::Tensor& residual) override {
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(x, device_, "outer gradient"));
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(residual, device_, "error-feedback residual"));
-    if (residual.numel() != x.numel()) {
-      return InvalidArgument(
-          fmt::format("error-feedback residual has {} values, input has {}: keep one residual per stream, "
-                      "sized like its input",
-                      residual.numel(), x.numel()));
-    }
-    return GuardTorch(
-        "encode fragment with error feedback on the GPU", [&]() -> StatusOr<std::vector<uint8_t>> {
-          torch::Tensor y = residual + x;  // the CPU codec's residual += 1 * x: the same single rounding
-          LOWBAND_ASSIGN_OR_RETURN(std::vector<uint8_t> payload, EncodeOnDevice(spec, y));
-          LOWBAND_RETURN_IF_ERROR(codec_->DecodeAddToDevice(payload, -1.0f, y.data_ptr<float>(),
-                                                            static_cast<uint64_t>(y.numel())));
-          residual.copy_(y);  // residual = y - dec(payload); untouched until here
-          return payload;
-        });
+  StatusOr<std::vector<uint8_t>> DoEncodeWithFeedback(const quant::CodecSpec& spec, const torch::Tensor& x,
+                                                      torch::Tensor& residual) override {
+    torch::Tensor y = residual + x;  // the CPU codec's residual += 1 * x: the same single rounding
+    LOWBAND_ASSIGN_OR_RETURN(std::vector<uint8_t> payload, EncodeOnDevice(spec, y));
+    LOWBAND_RETURN_IF_ERROR(
+        codec_->DecodeAddToDevice(payload, -1.0f, y.data_ptr<float>(), static_cast<uint64_t>(y.numel())));
+    residual.copy_(y);  // residual = y - dec(payload); untouched until here
+    return payload;
   }
 
-  Status ApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g) override {
-    LOWBAND_RETURN_IF_ERROR(CheckTensor(g, device_, "global fragment"));
-    return GuardTorch("apply outer update on the GPU", [&]() -> Status {
-      torch::Tensor decoded = torch::empty_like(g);
-      torch::cuda::synchronize(device_.index());
-      const Status s =
-          codec_->DecodeToDevice(payload, decoded.data_ptr<float>(), static_cast<uint64_t>(g.numel()));
-      if (s.ok()) {
-        torch::Tensor result = g - decoded;
-        if (torch::isfinite(result).all().item<bool>()) {
-          g.copy_(result);
-          return Status::Ok();
-        }
+  Status DoApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g) override {
+    torch::Tensor decoded = torch::empty_like(g);
+    torch::cuda::synchronize(device().index());
+    const Status s =
+        codec_->DecodeToDevice(payload, decoded.data_ptr<float>(), static_cast<uint64_t>(g.numel()));
+    if (s.ok()) {
+      torch::Tensor result = g - decoded;
+      if (torch::isfinite(result).all().item<bool>()) {
+        g.copy_(result);
+        return Status::Ok();
       }
-      // A payload the device refused, or a non-finite result: the host reference names what was wrong,
-      // on a copy (g is not written).
-      torch::Tensor host = g.to(torch::kCPU);
-      const Status h = comm::ApplyOuterUpdate(payload, FloatsOf(host), scratch_);
-      if (!h.ok()) return h;
-      return s.ok() ? Internal(
-                          "the GPU gave a non-finite outer update result that the CPU reference does not "
-                          "(a lowband bug)")
-                    : s;
-    });
+    }
+    // A payload the device refused, or a non-finite result: the host reference names what was wrong,
+    // on a copy (g is not written).
+    torch::Tensor host = g.to(torch::kCPU);
+    const Status h = comm::ApplyOuterUpdate(payload, FloatsOf(host), scratch_);
+    if (!h.ok()) return h;
+    return s.ok() ? Internal(
+                        "the GPU gave a non-finite outer update result that the CPU reference does not "
+                        "(a lowband bug)")
+                  : s;
   }
 
  private:
@@ -139,12 +112,11 @@ class GpuFragmentCodec final : public FragmentCodec {
     if (staging_.size() < size) {
       LOWBAND_ASSIGN_OR_RETURN(staging_, quant::cuda::PinnedBuffer::Allocate(size));
     }
-    torch::cuda::synchronize(device_.index());
+    torch::cuda::synchronize(device().index());
     LOWBAND_RETURN_IF_ERROR(codec_->EncodeToHost(spec, x.data_ptr<float>(), n, staging_.span().first(size)));
     return std::vector<uint8_t>(staging_.data(), staging_.data() + size);
   }
 
-  torch::Device device_;
   std::unique_ptr<quant::cuda::Codec> codec_;
   quant::cuda::PinnedBuffer staging_;  // the payload's first stop on the host, where the send copies from
   std::vector<float> scratch_;
@@ -152,15 +124,39 @@ class GpuFragmentCodec final : public FragmentCodec {
 
 }  // namespace
 
-Status FragmentCodec::CheckTensor(const torch::Tensor& t, const torch::Device& device, const char* what) {
+Status FragmentCodec::CheckTensor(const torch::Tensor& t, const char* what) const {
   if (!t.defined() || t.dim() != 1 || t.scalar_type() != torch::kFloat || !t.is_contiguous()) {
     return InvalidArgument(fmt::format("{}: expected a contiguous 1-D fp32 tensor", what));
   }
-  if (t.device() != device) {
-    return InvalidArgument(
-        fmt::format("{} is on {} but this fragment codec works on {}", what, t.device().str(), device.str()));
+  if (t.device() != device_) {
+    return InvalidArgument(fmt::format("{} is on {} but this fragment codec works on {}", what,
+                                       t.device().str(), device_.str()));
   }
   return Status::Ok();
+}
+
+StatusOr<std::vector<uint8_t>> FragmentCodec::Encode(const quant::CodecSpec& spec, const torch::Tensor& x) {
+  LOWBAND_RETURN_IF_ERROR(CheckTensor(x, "outer gradient"));
+  return GuardTorch("encode fragment", [&] { return DoEncode(spec, x); });
+}
+
+StatusOr<std::vector<uint8_t>> FragmentCodec::EncodeWithFeedback(const quant::CodecSpec& spec,
+                                                                 const torch::Tensor& x,
+                                                                 torch::Tensor& residual) {
+  LOWBAND_RETURN_IF_ERROR(CheckTensor(x, "outer gradient"));
+  LOWBAND_RETURN_IF_ERROR(CheckTensor(residual, "error-feedback residual"));
+  if (residual.numel() != x.numel()) {
+    return InvalidArgument(fmt::format(
+        "error-feedback residual has {} values, the outer gradient {}: keep one residual per fragment",
+        residual.numel(), x.numel()));
+  }
+  return GuardTorch("encode fragment with error feedback",
+                    [&] { return DoEncodeWithFeedback(spec, x, residual); });
+}
+
+Status FragmentCodec::ApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g) {
+  LOWBAND_RETURN_IF_ERROR(CheckTensor(g, "global fragment"));
+  return GuardTorch("apply outer update", [&] { return DoApplyOuterUpdate(payload, g); });
 }
 
 StatusOr<std::unique_ptr<FragmentCodec>> FragmentCodec::For(const torch::Device& device) {

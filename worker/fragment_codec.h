@@ -45,25 +45,34 @@ class FragmentCodec {
   virtual ~FragmentCodec() = default;
 
   // The payload of x (quant::Encode).
-  virtual StatusOr<std::vector<uint8_t>> Encode(const quant::CodecSpec& spec, const torch::Tensor& x) = 0;
+  StatusOr<std::vector<uint8_t>> Encode(const quant::CodecSpec& spec, const torch::Tensor& x);
   // Error feedback (quant::EncodeWithFeedback): encodes y = x + residual and leaves
   // residual = y - dec(payload). On error the residual is unchanged.
-  virtual StatusOr<std::vector<uint8_t>> EncodeWithFeedback(const quant::CodecSpec& spec,
-                                                            const torch::Tensor& x,
-                                                            torch::Tensor& residual) = 0;
+  StatusOr<std::vector<uint8_t>> EncodeWithFeedback(const quant::CodecSpec& spec, const torch::Tensor& x,
+                                                    torch::Tensor& residual);
   // g -= dec(payload) (comm::ApplyOuterUpdate): the payload is validated and every result must be
   // finite, else nothing is written and the error names what was wrong.
-  virtual Status ApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g) = 0;
+  Status ApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g);
 
   // "cpu codec", "gpu codec on cuda:0", or "cpu codec through host copies (why)".
   const std::string& path() const { return path_; }
 
  protected:
-  explicit FragmentCodec(std::string path) : path_(std::move(path)) {}
-  // OK when t is a defined 1-D contiguous fp32 tensor on `device` (what names the argument).
-  static Status CheckTensor(const torch::Tensor& t, const torch::Device& device, const char* what);
+  FragmentCodec(torch::Device device, std::string path) : device_(device), path_(std::move(path)) {}
+  // The work of each call, on tensors already checked (1-D, contiguous, fp32, on device(), residual
+  // sized like x); LibTorch exceptions become a Status in the caller.
+  virtual StatusOr<std::vector<uint8_t>> DoEncode(const quant::CodecSpec& spec, const torch::Tensor& x) = 0;
+  virtual StatusOr<std::vector<uint8_t>> DoEncodeWithFeedback(const quant::CodecSpec& spec,
+                                                              const torch::Tensor& x,
+                                                              torch::Tensor& residual) = 0;
+  virtual Status DoApplyOuterUpdate(std::span<const uint8_t> payload, torch::Tensor& g) = 0;
+  const torch::Device& device() const { return device_; }
 
  private:
+  // OK when t is a defined 1-D contiguous fp32 tensor on device() (what names the argument).
+  Status CheckTensor(const torch::Tensor& t, const char* what) const;
+
+  torch::Device device_;
   std::string path_;
 };
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <numbers>
+#include <optional>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -614,10 +615,10 @@ Status CopyParamsFrom(Model& model, std::span<const float> flat) {
 
 namespace {
 
-// The tensors of `tensors` (indices into NamedParameters), after checking them and that `flat_size`
-// is their total element count.
+// The tensors of `tensors` (indices into NamedParameters), after checking them and, when given, that
+// `flat_size` is their total element count.
 StatusOr<std::vector<torch::Tensor>> SelectParams(Model& model, std::span<const uint32_t> tensors,
-                                                  size_t flat_size, const char* what) {
+                                                  std::optional<size_t> flat_size, const char* what) {
   const auto params = model.NamedParameters();
   std::vector<torch::Tensor> out;
   out.reserve(tensors.size());
@@ -632,9 +633,9 @@ StatusOr<std::vector<torch::Tensor>> SelectParams(Model& model, std::span<const 
     out.push_back(params[i].second);
     total += params[i].second.numel();
   }
-  if (static_cast<int64_t>(flat_size) != total) {
+  if (flat_size && static_cast<int64_t>(*flat_size) != total) {
     return InvalidArgument(fmt::format("{}: the {} selected parameters hold {} floats, the buffer {}", what,
-                                       tensors.size(), total, flat_size));
+                                       tensors.size(), total, *flat_size));
   }
   return out;
 }
@@ -669,15 +670,13 @@ Status CopyParamsFrom(Model& model, std::span<const uint32_t> tensors, std::span
 }
 
 StatusOr<torch::Tensor> FlatParams(Model& model, std::span<const uint32_t> tensors) {
-  const auto params = model.NamedParameters();
+  LOWBAND_ASSIGN_OR_RETURN(auto selected, SelectParams(model, tensors, std::nullopt, "FlatParams"));
   int64_t total = 0;
-  for (uint32_t i : tensors) total += i < params.size() ? params[i].second.numel() : 0;
-  LOWBAND_ASSIGN_OR_RETURN(auto selected,
-                           SelectParams(model, tensors, static_cast<size_t>(total), "FlatParams"));
+  for (const torch::Tensor& p : selected) total += p.numel();
   torch::Tensor flat;
   LOWBAND_RETURN_IF_ERROR(GuardTorch("FlatParams", [&]() -> Status {
     torch::NoGradGuard no_grad;
-    const torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().second.device();
+    const torch::Device device = selected.empty() ? torch::Device(torch::kCPU) : selected.front().device();
     flat = torch::empty({total}, torch::TensorOptions().dtype(torch::kFloat).device(device));
     int64_t at = 0;
     for (const torch::Tensor& p : selected) {

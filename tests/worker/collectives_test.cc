@@ -200,7 +200,8 @@ TEST(DataParallelGroupTest, BroadcastGivesEveryRankRankZerosValuesAndBytes) {
 // torchrun's agent store: the store is hosted outside the group (here by the test, as torchrun's agent
 // hosts it), every rank connects as a client, and each attempt's keys live under their own prefix. A
 // rank 0 that tried to host the store itself could not bind the port the agent holds. A second attempt
-// of the group on the same store (a torchrun restart, keys of the first still there) forms again.
+// of the group on the same store (a torchrun restart, keys of the first still there) forms again, under
+// keys of its own.
 TEST(DataParallelGroupTest, RanksJoinAStoreHostedByTorchrunsAgentUnderTheirAttemptsPrefix) {
   const int port = comm::FreeLoopbackPort();
   c10d::TCPStoreOptions agent_options;
@@ -209,6 +210,7 @@ TEST(DataParallelGroupTest, RanksJoinAStoreHostedByTorchrunsAgentUnderTheirAttem
   agent_options.waitWorkers = false;
   agent_options.timeout = std::chrono::seconds(30);
   auto agent = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", agent_options);
+  int64_t keys[2] = {0, 0};
   for (int attempt = 0; attempt < 2; ++attempt) {
     const std::string prefix = "/lowband/attempt_" + std::to_string(attempt);
     std::vector<std::thread> threads;
@@ -225,8 +227,11 @@ TEST(DataParallelGroupTest, RanksJoinAStoreHostedByTorchrunsAgentUnderTheirAttem
       });
     }
     for (auto& t : threads) t.join();
-    EXPECT_GT(agent->getNumKeys(), 0);  // the group met in the agent's store
+    keys[attempt] = agent->getNumKeys();
   }
+  // The second attempt wrote keys of its own beside the first's (without the prefix it would have
+  // overwritten the first attempt's keys, and their number would not grow).
+  EXPECT_GT(keys[1], keys[0]);
   // Without external_store, rank 0 tries to host the store on the port the agent holds: a clear error.
   GroupOptions host{"127.0.0.1:" + std::to_string(port), 0, 1, std::chrono::seconds(5), "torchrun site"};
   host.rendezvous_timeout = std::chrono::seconds(5);

@@ -162,7 +162,7 @@ TEST_F(FragmentCodecTest, CpuTensorsGetTheCpuReferenceBytesAndFloats) {
   CheckMatchesTheCpuReference(torch::kCPU);
 }
 
-TEST_F(FragmentCodecTest, CpuTensorsAreEncodedInPlaceWithoutACopy) {
+TEST_F(FragmentCodecTest, UpdatesAreAppliedToCpuTensorsInPlace) {
   // The CPU path works on the tensor's own memory: an update applied to g is visible through any
   // other handle to the same storage (what the engine relies on when it keeps g_p as a tensor).
   auto codec = FragmentCodec::For(torch::kCPU);
